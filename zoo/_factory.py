@@ -1,0 +1,83 @@
+"""`create_model` and `list_models`: one entry to every model the zoo can build.
+
+Classification names are timm architectures or the zoo's own registered models; segmentation names are SMP
+encoders with `arch` the SMP architecture. A `name.tag` form selects pretrained decoupled weights (timm's
+`resnet50.a1_in1k` convention). Keyword arguments left as None are dropped so each model's defaults apply.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from . import _registry
+from .decoupled import DecoupledModel
+from .heads import check_method
+
+__all__ = ["create_model", "list_models", "split_tag"]
+
+TASKS = ("cls", "seg")
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """`resnet18.deinforeg_digits` → (`resnet18`, `deinforeg_digits`)."""
+    base, _, tag = name.partition(".")
+    return base, (tag or None)
+
+
+def create_model(
+    name: str,
+    task: str = "cls",
+    method: str = "deinforeg",
+    num_classes: int | None = None,
+    num_blocks: int | None = None,
+    arch: str | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> DecoupledModel:
+    """Build a DecoupledModel. See the module docstring for how `name`, `task` and `arch` are read."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    check_method(method)
+    base, tag = split_tag(name)
+    if pretrained or tag is not None:
+        from . import checkpoints
+
+        return checkpoints.load_pretrained(name, num_classes=num_classes)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if num_blocks is not None:
+        kwargs["num_blocks"] = num_blocks
+    if _registry.is_registered(base):
+        if task != "cls":
+            raise ValueError(f"{base!r} is a classification model; use task='cls'")
+        return _registry.get_entrypoint(base)(method=method, **kwargs)
+    if task == "cls":
+        from .adapters import timm as timm_adapter
+
+        return timm_adapter.create(base, method=method, **kwargs)
+    from .adapters import smp as smp_adapter
+
+    return smp_adapter.create(base, arch=arch or "unet", method=method, **kwargs)
+
+
+def list_models(pattern: str | None = None, task: str | None = None, pretrained: bool = False) -> list[str]:
+    """Names the zoo can build (`pretrained=True`: the `name.tag` checkpoints it can pull), with wildcards."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    if pretrained:
+        from . import checkpoints
+
+        names = checkpoints.list_pretrained(task=task)
+        return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
+    names: set[str] = set(_registry.registered_names(pattern, task))
+    if task in (None, "cls"):
+        from .adapters import timm as timm_adapter
+
+        names.update(timm_adapter.list_supported(pattern))
+    if task in (None, "seg"):
+        from .adapters import smp as smp_adapter
+
+        names.update(smp_adapter.list_supported(pattern))
+    return sorted(names)

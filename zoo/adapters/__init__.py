@@ -1,0 +1,1 @@
+"""Adapters that cut timm classifiers and SMP segmentation networks into decoupled blocks."""

@@ -1,0 +1,269 @@
+"""The decoupled model: a network cut into blocks, each trained by its own local head.
+
+Block k's input is the detached output of block k-1, so `local_losses` builds graphs that never cross a block
+boundary (DeInfoReg, Decoupled Greedy Learning, SCPL). With `method="bp"` nothing is detached and only the last
+block has a head: the same blocks then compute exactly the original network, trained end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
+
+__all__ = ["Block", "DecoupledModel", "StepOutput", "EXIT_POLICIES", "build_decoupled", "merge_units"]
+
+EXIT_POLICIES = ("last", "best", "adaptive")
+
+
+class Block(nn.Module):
+    """One block: `body` (part of the backbone) and its `head` (local head, task head, or None under BP).
+
+    `takes_skips=True` marks a body that reads every earlier block's output (a segmentation decoder): it then
+    receives the list `[x, h_1, ..., h_{k-1}]` instead of the last tensor.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module | None = None, takes_skips: bool = False):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.takes_skips = takes_skips
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.body(feats if self.takes_skips else feats[-1])
+
+
+@dataclass
+class StepOutput:
+    """What one training forward gives: a scalar loss per head and every head's logits (None without a head)."""
+
+    losses: list[torch.Tensor]
+    logits: list[torch.Tensor | None]
+    parts: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+def merge_units(units: Sequence[nn.Module], num_blocks: int | None) -> tuple[list[nn.Module], list[int]]:
+    """Merge adjacent units into `num_blocks` contiguous blocks (sizes differ by at most one, later ones larger).
+
+    Returns the blocks and, for each, the index of its last unit (whose output is the block's output).
+    """
+    n = len(units)
+    if num_blocks is None:
+        num_blocks = n
+    if not 1 <= num_blocks <= n:
+        raise ValueError(f"num_blocks={num_blocks} is not possible: this model can be cut into 1 to {n} blocks")
+    base, extra = divmod(n, num_blocks)
+    sizes = [base] * (num_blocks - extra) + [base + 1] * extra
+    blocks, ends, i = [], [], 0
+    for s in sizes:
+        group = list(units[i : i + s])
+        blocks.append(group[0] if s == 1 else nn.Sequential(*group))
+        i += s
+        ends.append(i - 1)
+    return blocks, ends
+
+
+class DecoupledModel(nn.Module):
+    """A network cut into `blocks`, trained by `method` in {bp, deinforeg, greedy, scpl}.
+
+    `model(x)` predicts through the exit chosen by `exit_policy`: `last`; `best` (the block chosen on the
+    validation split, stored in the `best_block` buffer so it travels with the weights); or `adaptive` (per-sample
+    early exit once a block is confident enough, or two consecutive blocks agree and their softmax outputs are
+    similar enough). After an adaptive forward, `last_mean_depth` holds the mean number of blocks used.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Block],
+        method: str,
+        task: str,
+        num_classes: int,
+        exit_policy: str = "last",
+        exit_confidence: float = 0.9,
+        exit_similarity: float = 0.95,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        check_method(method)
+        if task not in ("cls", "seg"):
+            raise ValueError(f"unknown task {task!r}; valid choices: cls, seg")
+        self.blocks = nn.ModuleList(blocks)
+        self.method = method
+        self.task = task
+        self.num_classes = num_classes
+        self.exit_confidence = exit_confidence
+        self.exit_similarity = exit_similarity
+        self.config: dict[str, Any] = dict(config or {})
+        self.register_buffer("best_block", torch.tensor(len(blocks) - 1, dtype=torch.long))
+        self.last_mean_depth: float | None = None
+        self.exit_policy = exit_policy
+
+    # -- configuration ---------------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def exit_policy(self) -> str:
+        return self._exit_policy
+
+    @exit_policy.setter
+    def exit_policy(self, policy: str) -> None:
+        if policy not in EXIT_POLICIES:
+            raise ValueError(f"unknown exit policy {policy!r}; valid choices: {', '.join(EXIT_POLICIES)}")
+        if policy == "adaptive" and self.method == "bp":
+            raise ValueError("exit policy 'adaptive' needs a head on every block; method 'bp' has only the last")
+        self._exit_policy = policy
+
+    def set_best_block(self, index: int) -> None:
+        if not 0 <= index < self.num_blocks or self.blocks[index].head is None:
+            raise ValueError(f"block {index} has no head to exit through")
+        self.best_block.fill_(index)
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters per block (body + its head), so each block can own an optimizer. One group under BP."""
+        groups = [[p for p in b.parameters() if p.requires_grad] for b in self.blocks]
+        if self.method == "bp":
+            return [[p for g in groups for p in g]]
+        return groups
+
+    # -- training ------------------------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """Training forward: one loss per local head (decoupled) or one end-to-end loss (bp)."""
+        if x.shape[0] == 0:
+            raise ValueError("empty batch")
+        decoupled = self.method in LOCAL_METHODS
+        feats = [x]
+        out = StepOutput([], [], [])
+        for k, block in enumerate(self.blocks):
+            inputs = [f.detach() for f in feats] if decoupled else feats
+            h = block(inputs)
+            feats.append(h)
+            if block.head is None:
+                out.logits.append(None)
+                continue
+            loss, logits, parts = block.head.loss(h, y)
+            out.losses.append(loss)
+            out.logits.append(self._to_output(logits, x))
+            out.parts.append(parts)
+        return out
+
+    def local_losses(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Per-block scalar losses (one per head; a single end-to-end loss under bp)."""
+        return self.step(x, y).losses
+
+    # -- inference -----------------------------------------------------------------------------------------
+    def _to_output(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "seg" and tuple(logits.shape[-2:]) != tuple(x.shape[-2:]):
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """Every block's prediction (None for a block without a head), at input resolution for segmentation."""
+        feats = [x]
+        preds: list[torch.Tensor | None] = []
+        for block in self.blocks:
+            h = block(feats)
+            feats.append(h)
+            preds.append(None if block.head is None else self._to_output(block.head(h), x))
+        return preds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._exit_policy == "adaptive":
+            return self._adaptive(x)
+        stop = self.num_blocks - 1 if self._exit_policy == "last" else int(self.best_block)
+        feats = [x]
+        for block in self.blocks[: stop + 1]:
+            feats.append(block(feats))
+        return self._to_output(self.blocks[stop].head(feats[-1]), x)
+
+    def _adaptive(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        out: torch.Tensor | None = None
+        depth = torch.full((b,), self.num_blocks, dtype=torch.long, device=x.device)
+        active = torch.arange(b, device=x.device)
+        feats = [x]
+        prev_prob: torch.Tensor | None = None
+        for k, block in enumerate(self.blocks):
+            h = block(feats)
+            feats.append(h)
+            logits = self._to_output(block.head(h), x[active])
+            if out is None:
+                out = logits.new_zeros((b, *logits.shape[1:]))
+            prob = logits.float().softmax(dim=1).flatten(2) if logits.dim() > 2 else logits.float().softmax(1)
+            prob = prob.reshape(prob.shape[0], prob.shape[1], -1)  # (n, C, pixels)
+            confidence = prob.max(dim=1).values.mean(dim=1)
+            leave = confidence >= self.exit_confidence
+            if prev_prob is not None:
+                agree = (prob.argmax(1) == prev_prob.argmax(1)).float().mean(dim=1) == 1.0
+                similar = F.cosine_similarity(prob.flatten(1), prev_prob.flatten(1), dim=1) >= self.exit_similarity
+                leave = leave | (agree & similar)
+            if k == self.num_blocks - 1:
+                leave = torch.ones_like(leave)
+            out[active[leave]] = logits[leave]
+            depth[active[leave]] = k + 1
+            keep = ~leave
+            if not bool(keep.any()):
+                break
+            active = active[keep]
+            feats = [f[keep] for f in feats]
+            prev_prob = prob[keep]
+        self.last_exit_depth = depth
+        self.last_mean_depth = float(depth.float().mean())
+        assert out is not None
+        return out
+
+
+def build_decoupled(
+    bodies: Sequence[nn.Module],
+    out_shapes: Sequence[Sequence[int]],
+    task_head: nn.Module,
+    method: str,
+    task: str,
+    num_classes: int,
+    *,
+    projector: str = "pool",
+    pool: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    dice: bool = False,
+    ignore_index: int | None = None,
+    head_kwargs: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> DecoupledModel:
+    """Attach heads to backbone `bodies` (block outputs of shape `out_shapes`, without the batch dim).
+
+    Classification: the last block's head is `task_head` under bp and a local head otherwise. Segmentation:
+    `decoder` (decoder + segmentation head, taking the list of all features) forms an extra last block trained by
+    the task loss on detached skip features; encoder blocks get dense local heads unless the method is bp.
+    """
+    check_method(method)
+    head_kwargs = dict(head_kwargs or {})
+    blocks: list[Block] = []
+    local = method in LOCAL_METHODS
+    if task == "cls":
+        ignore = -100 if ignore_index is None else ignore_index
+        for k, (body, shape) in enumerate(zip(bodies, out_shapes, strict=True)):
+            last = k == len(bodies) - 1
+            if local:
+                head = LocalHead(method, shape, num_classes, projector=projector, pool=pool, **head_kwargs)
+            elif last:
+                head = TaskHead(task_head, ignore_index=ignore)
+            else:
+                head = None
+            blocks.append(Block(body, head))
+    else:
+        if decoder is None:
+            raise ValueError("a segmentation model needs a decoder block")
+        ignore = 255 if ignore_index is None else ignore_index
+        for body, shape in zip(bodies, out_shapes, strict=True):
+            head = DenseLocalHead(method, shape[0], num_classes, ignore_index=ignore, **head_kwargs) if local else None
+            blocks.append(Block(body, head))
+        blocks.append(Block(decoder, TaskHead(task_head, dice=dice, ignore_index=ignore), takes_skips=True))
+    return DecoupledModel(blocks, method, task, num_classes, config=config, **model_kwargs)
