@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .noise import apply_region_relabels
+
 __all__ = [
     "DatasetError",
     "DatasetInfo",
@@ -18,7 +20,11 @@ __all__ = [
     "TensorSegDataset",
     "FileClsDataset",
     "FileSegDataset",
+    "SPLIT_SEED",
+    "carve_split",
 ]
+
+SPLIT_SEED = 0  # fixed: validation and test membership never move with the training seed
 
 
 class DatasetError(Exception):
@@ -56,7 +62,10 @@ class _Base(Dataset):
 
 
 class TensorClsDataset(_Base):
-    """Classification images held in memory: uint8 or float in [0, 1], shape [N, 3, H, W]."""
+    """Classification images held in memory: uint8 or float in [0, 1], shape [N, C, H, W] with C = 3 or 1.
+
+    Grey images (C = 1) are repeated to 3 channels per item, which keeps large upscaled sets 3x smaller.
+    """
 
     def __init__(
         self,
@@ -78,6 +87,8 @@ class TensorClsDataset(_Base):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.images[i]
         img = img.float().div_(255.0) if img.dtype == torch.uint8 else img
+        if img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
         return self.transform(img), int(self.targets[i])
 
 
@@ -160,7 +171,24 @@ class FileSegDataset(_Base):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.load_image(i), self.load_mask(i)
         if i in self.relabel_plan:
-            from .noise import apply_region_relabels  # local: noise imports this module's siblings
-
             mask = apply_region_relabels(mask, self.relabel_plan[i], self.info.ignore_index)
         return self.transform(img, mask)
+
+
+def carve_split(
+    num_items: int, fraction: float, labels: np.ndarray | None = None, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `range(num_items)` into (kept, carved) sorted index arrays; stratified by `labels` when given.
+
+    Exactly `round(fraction * num_items)` items are carved. With labels, class c gives `floor(fraction * n_c)`
+    items plus one more for the classes with the largest remainders, so small classes still contribute.
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 7919])))
+    groups = [np.arange(num_items)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    quota = np.array([fraction * len(g) for g in groups])
+    take = np.floor(quota).astype(int)
+    extra = round(fraction * num_items) - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:extra]] += 1  # largest remainders, ties by class order
+    carved = [rng.permutation(g)[:k] for g, k in zip(groups, take)]
+    carved_idx = np.sort(np.concatenate(carved)) if carved else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(num_items), carved_idx), carved_idx

@@ -2,10 +2,10 @@
 
 digits: scikit-learn's bundled UCI handwritten digits (1,797 real 8x8 images, 10 classes), upscaled bilinearly to
 32x32 and repeated over 3 channels. One fixed stratified 60/20/20 train/val/test split (seed 0, independent of the
-`seed` argument) so every run evaluates on the same images: 1,077 / 360 / 360.
+`seed` argument) so every run evaluates on the same images: 1,078 / 360 / 359.
 
 shapes: procedurally generated segmentation, 4 classes: background, ellipse, rectangle, triangle. Each 64x64 image
-(default) holds 1-4 rotated shapes of random size that may overlap (later ones occlude earlier ones, and the mask
+(default) holds 2-5 rotated shapes of random size that may overlap (later ones occlude earlier ones, and the mask
 follows the occlusion), on a background made of a smooth random colour field, random stripes and 0-2 thin line
 distractors, plus Gaussian pixel noise. Shape colours and textures are drawn independently of the class from the
 same distribution as the background, so only geometry tells the classes apart. Image i of a split depends only on
@@ -20,29 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SHAPES_CLASSES", "SHAPES_SIZES", "load_digits_split", "carve_split", "generate_shapes"]
+from ._base import carve_split
+
+__all__ = ["SHAPES_CLASSES", "SHAPES_SIZES", "digits_split_indices", "load_digits_split", "generate_shapes"]
 
 SHAPES_CLASSES = ("background", "ellipse", "rectangle", "triangle")
 SHAPES_SIZES = {"train": 600, "val": 150, "test": 150}
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
-SPLIT_SEED = 0  # fixed: validation and test membership never move with the training seed
-
-
-def carve_split(
-    num_items: int, fraction: float, labels: np.ndarray | None = None, seed: int = SPLIT_SEED
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `range(num_items)` into (kept, carved) sorted index arrays; stratified by `labels` when given.
-
-    Each class gives `round(fraction * n_c)` items to the carved part (whole set when `labels` is None).
-    """
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 7919])))
-    groups = [np.arange(num_items)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    carved = []
-    for idx in groups:
-        carved.append(rng.permutation(idx)[: round(fraction * len(idx))])
-    carved_idx = np.sort(np.concatenate(carved)) if carved else np.zeros(0, dtype=np.int64)
-    kept = np.setdiff1d(np.arange(num_items), carved_idx)
-    return kept, carved_idx
 
 
 @functools.lru_cache(maxsize=4)
@@ -52,17 +36,23 @@ def _digits_all(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     bunch = load_digits()
     x = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)  # [N, 1, 8, 8], values 0..16
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp_(0, 1)
-    return x.expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(bunch.target).long()
+    # one uint8 channel (the dataset repeats it to RGB per item): 90 MB instead of 1 GB at 224x224
+    return x.mul_(255).round_().to(torch.uint8), torch.from_numpy(bunch.target).long()
+
+
+def digits_split_indices(split: str) -> np.ndarray:
+    """Indices into scikit-learn's `load_digits()` of one split (fixed, stratified 60/20/20)."""
+    labels = _digits_all(8)[1].numpy()
+    rest, test = carve_split(len(labels), 0.2, labels)
+    train, val = carve_split(len(rest), 0.25, labels[rest])
+    return {"train": rest[train], "val": rest[val], "test": test}[split]
 
 
 def load_digits_split(split: str, image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [n, 3, S, S] in [0, 1] and labels [n] of one fixed stratified split."""
+    """Grey images [n, 1, S, S] as uint8 and labels [n] of one fixed stratified split."""
     images, labels = _digits_all(image_size)
-    rest, test = carve_split(len(labels), 0.2, labels.numpy())
-    train, val = carve_split(len(rest), 0.25, labels[rest].numpy())
-    idx = {"train": rest[train], "val": rest[val], "test": test}[split]
-    idx_t = torch.from_numpy(idx)
-    return images[idx_t], labels[idx_t]
+    idx = torch.from_numpy(digits_split_indices(split))
+    return images[idx], labels[idx]
 
 
 # ----------------------------------------------------------------------------------------------- shapes
@@ -87,15 +77,15 @@ def _shape_mask(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarr
     u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
     v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
     if cls == 1:  # ellipse, aspect up to 2 so it is not always a circle
-        a = rng.uniform(0.08, 0.2) * size
+        a = rng.uniform(0.12, 0.28) * size
         b = a / rng.uniform(1.0, 2.0)
         return (u / a) ** 2 + (v / b) ** 2 <= 1.0
     if cls == 2:  # rectangle
-        a = rng.uniform(0.07, 0.2) * size
+        a = rng.uniform(0.11, 0.26) * size
         b = a / rng.uniform(1.0, 2.0)
         return (np.abs(u) <= a) & (np.abs(v) <= b)
     # triangle: three vertices at jittered angles around the centre, so shapes range from equilateral to thin
-    r = rng.uniform(0.1, 0.24) * size
+    r = rng.uniform(0.2, 0.38) * size
     angles = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.45, 0.45, size=3)
     px, py = r * np.cos(angles), r * np.sin(angles) * rng.uniform(0.6, 1.0)
     inside_pos = np.ones_like(u, dtype=bool)
@@ -114,7 +104,9 @@ def _render_one(seed: int, split: int, index: int, size: int, noise_std: float) 
     # background: smooth colour field (a random 4x4 grid of colours, bilinearly upsampled) plus a random grating
     grid = torch.from_numpy(rng.uniform(0, 1, size=(1, 3, 4, 4)).astype(np.float32))
     image = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
-    image = image + rng.uniform(0.1, 0.3) * _stripes(rng, yy, xx, size)[None] * (_random_colour(rng)[:, None, None] - 0.5)
+    image = image + rng.uniform(0.1, 0.3) * _stripes(rng, yy, xx, size)[None] * (
+        _random_colour(rng)[:, None, None] - 0.5
+    )
     mask = np.zeros((size, size), dtype=np.uint8)
     # thin line distractors stay background: an edge detector alone cannot find the objects
     for _ in range(rng.integers(0, 3)):
@@ -123,7 +115,7 @@ def _render_one(seed: int, split: int, index: int, size: int, noise_std: float) 
         t = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
         line = (xx - p0[0] - t * d[0]) ** 2 + (yy - p0[1] - t * d[1]) ** 2 <= (rng.uniform(0.6, 1.5)) ** 2
         image[:, line] = _random_colour(rng)[:, None]
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(2, 6)):
         cls = int(rng.integers(1, 4))
         inside = _shape_mask(rng, cls, yy, xx, size)
         colour = _random_colour(rng)

@@ -43,6 +43,7 @@ __all__ = [
     "check_noise_rate",
     "corrupt_labels",
     "corrupt_masks",
+    "check_region_noise_rate",
     "find_regions",
     "plan_region_noise",
     "apply_region_relabels",
@@ -162,6 +163,18 @@ def _label_components(binary: np.ndarray) -> tuple[np.ndarray, int]:
     return comp, count
 
 
+def check_region_noise_rate(rate: float, num_classes: int, kind: str = "symmetric", background: int = 0) -> list[int]:
+    """Validate a segmentation noise rate (the label rule over object classes); returns the object classes."""
+    objects = [c for c in range(num_classes) if c != background]
+    if len(objects) < 2:
+        raise ValueError(
+            f"segmentation noise relabels an object region to another object class, which needs at least 2 object "
+            f"classes besides background; this dataset has {len(objects)}"
+        )
+    check_noise_rate(rate, len(objects), kind)
+    return objects
+
+
 def plan_region_noise(
     region_classes: Sequence[Sequence[int]],
     num_classes: int,
@@ -174,13 +187,7 @@ def plan_region_noise(
 
     `region_classes[i]` lists the classes of image i's regions as returned by `find_regions`.
     """
-    objects = [c for c in range(num_classes) if c != background]
-    if len(objects) < 2:
-        raise ValueError(
-            f"segmentation noise relabels objects to another object class, which needs at least 2 object "
-            f"classes besides background; this dataset has {len(objects)}"
-        )
-    check_noise_rate(rate, len(objects), kind)
+    objects = check_region_noise_rate(rate, num_classes, kind, background)
     seed = _check_seed(seed)
     flat = [(i, r + 1, c) for i, classes in enumerate(region_classes) for r, c in enumerate(classes)]
     chosen = _pick(len(flat), rate, seed, _STREAM_REGION_KEYS)

@@ -141,7 +141,7 @@ class DecoupledModel(nn.Module):
         decoupled = self.method in LOCAL_METHODS
         feats = [x]
         out = StepOutput([], [], [])
-        for k, block in enumerate(self.blocks):
+        for block in self.blocks:
             inputs = [f.detach() for f in feats] if decoupled else feats
             h = block(inputs)
             feats.append(h)

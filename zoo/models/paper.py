@@ -27,14 +27,20 @@ VGG_CFG: tuple[tuple[int | str, ...], ...] = (
 )
 
 
-def _vgg_stage(in_ch: int, cfg: tuple[int | str, ...]) -> tuple[nn.Sequential, int]:
+def _w(channels: int, width: float) -> int:
+    """Channels scaled by the width multiplier (a cheaper model for CPU leaderboards), at least 8."""
+    return max(8, int(round(channels * width)))
+
+
+def _vgg_stage(in_ch: int, cfg: tuple[int | str, ...], width: float) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(in_ch, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(True)]
-            in_ch = int(v)
+            out = _w(int(v), width)
+            layers += [nn.Conv2d(in_ch, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+            in_ch = out
     return nn.Sequential(*layers), in_ch
 
 
@@ -58,12 +64,13 @@ def _create(
     num_classes: int,
     num_blocks: int | None,
     img_size: int,
+    width: float,
     **kw: Any,
 ) -> DecoupledModel:
     bodies, ends = merge_units(units, num_blocks)
     shapes = [(channels[e], img_size // reductions[e], img_size // reductions[e]) for e in ends]
     config = {"name": name, "task": "cls", "method": method, "num_classes": num_classes, "num_blocks": len(bodies)}
-    config.update(img_size=img_size, **{k: v for k, v in kw.items() if k in ("projector",)})
+    config.update(img_size=img_size, width=width, **{k: v for k, v in kw.items() if k in ("projector",)})
     return build_decoupled(
         bodies, shapes, _classifier(channels[-1], num_classes), method, "cls", num_classes, config=config, **kw
     )
@@ -71,28 +78,38 @@ def _create(
 
 @register_model
 def paper_vgg(
-    method: str = "deinforeg", num_classes: int = 10, num_blocks: int | None = None, img_size: int = 32, **kw: Any
+    method: str = "deinforeg",
+    num_classes: int = 10,
+    num_blocks: int | None = None,
+    img_size: int = 32,
+    width: float = 1.0,
+    **kw: Any,
 ) -> DecoupledModel:
-    """The paper's 4-block VGG for 32×32 inputs."""
+    """The paper's 4-block VGG for 32×32 inputs (`width` scales every conv's channels)."""
     units, channels, in_ch = [], [], 3
     for cfg in VGG_CFG:
-        stage, in_ch = _vgg_stage(in_ch, cfg)
+        stage, in_ch = _vgg_stage(in_ch, cfg, width)
         units.append(stage)
         channels.append(in_ch)
-    return _create("paper_vgg", units, channels, [2, 4, 8, 16], method, num_classes, num_blocks, img_size, **kw)
+    return _create("paper_vgg", units, channels, [2, 4, 8, 16], method, num_classes, num_blocks, img_size, width, **kw)
 
 
 @register_model
 def paper_resnet18(
-    method: str = "deinforeg", num_classes: int = 10, num_blocks: int | None = None, img_size: int = 32, **kw: Any
+    method: str = "deinforeg",
+    num_classes: int = 10,
+    num_blocks: int | None = None,
+    img_size: int = 32,
+    width: float = 1.0,
+    **kw: Any,
 ) -> DecoupledModel:
     """The paper's CIFAR ResNet-18: 3×3 stride-1 stem (in block 1), four stages as four blocks."""
-    stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True))
+    c = [_w(v, width) for v in (64, 128, 256, 512)]
+    stem = nn.Sequential(nn.Conv2d(3, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(True))
     units = [
-        nn.Sequential(stem, _resnet_stage(64, 64, 1)),
-        _resnet_stage(64, 128, 2),
-        _resnet_stage(128, 256, 2),
-        _resnet_stage(256, 512, 2),
+        nn.Sequential(stem, _resnet_stage(c[0], c[0], 1)),
+        _resnet_stage(c[0], c[1], 2),
+        _resnet_stage(c[1], c[2], 2),
+        _resnet_stage(c[2], c[3], 2),
     ]
-    channels = [64, 128, 256, 512]
-    return _create("paper_resnet18", units, channels, [1, 2, 4, 8], method, num_classes, num_blocks, img_size, **kw)
+    return _create("paper_resnet18", units, c, [1, 2, 4, 8], method, num_classes, num_blocks, img_size, width, **kw)

@@ -1,0 +1,20 @@
+"""DeInfoReg Zoo datasets: embedded offline defaults, real datasets from a local root, exact label noise.
+
+Note: the Hugging Face library is also imported as `datasets`. Run from the repository root (as
+`python -m benchmarks.run` does): the current directory comes first on `sys.path`, so this package wins.
+"""
+
+from . import noise
+from ._base import DatasetError, DatasetInfo
+from ._factory import create_dataset, create_loader, get_dataset_info, list_datasets, register_dataset
+
+__all__ = [
+    "DatasetError",
+    "DatasetInfo",
+    "create_dataset",
+    "create_loader",
+    "get_dataset_info",
+    "list_datasets",
+    "noise",
+    "register_dataset",
+]

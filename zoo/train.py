@@ -1,0 +1,290 @@
+"""A small trainer for decoupled and end-to-end models: per-block or shared optimizers, cosine schedule.
+
+Optimizers: SGD, AdamW, and LARS (You et al. 2017, the optimizer of the DeInfoReg reference runs). With
+`per_block=True` each block owns its optimizer and scheduler, as it would on its own device in a pipeline. Model
+selection (the `best` exit) uses the validation split only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .decoupled import DecoupledModel
+from .metrics import ConfusionMatrix
+
+__all__ = [
+    "LARS",
+    "TrainConfig",
+    "Trainer",
+    "EvalResult",
+    "NonFiniteLossError",
+    "build_optimizers",
+    "seed_everything",
+    "OPTIMIZERS",
+]
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A local or end-to-end loss became NaN or infinite; carries where it happened."""
+
+    def __init__(self, block: int, method: str, step: int, value: float):
+        self.block, self.method, self.step, self.value = block, method, step, value
+        super().__init__(f"non-finite loss {value} in block {block + 1} (method {method}) at step {step}")
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio; biases and norm weights (1-D) are excluded from it."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if p.ndim > 1:
+                    d_p = d_p.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.norm(p), torch.norm(d_p)
+                    trust = torch.where(
+                        (p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm, torch.ones_like(p_norm)
+                    )
+                    d_p = d_p.mul(trust)
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = d_p.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(d_p)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adamw"  # sgd | adamw | lars
+    lr: float = 2e-3  # peak learning rate
+    min_lr_ratio: float = 0.01  # cosine decays to lr·min_lr_ratio (the paper: 0.2 → 0.002)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd and lars
+    warmup_steps: int = 0  # linear warm-up before the cosine
+    per_block: bool = True  # one optimizer per block (always shared under bp)
+    grad_clip: float | None = None  # max grad norm per block, None to skip
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return LARS(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def cosine_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizers(
+    model: DecoupledModel, cfg: TrainConfig, total_steps: int
+) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LambdaLR]]:
+    """One optimizer (and cosine scheduler) per block when `cfg.per_block`, else one shared."""
+    groups = model.param_groups()
+    if not cfg.per_block:
+        groups = [[p for g in groups for p in g]]
+    optims = [_make_optimizer(g, cfg) for g in groups]
+    lam = lambda s: cosine_factor(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)  # noqa: E731
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lam) for o in optims]
+    return optims, scheds
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class EvalResult:
+    """Metric per block (None for a block without a head), of the `last` exit, the `best` exit and `adaptive`."""
+
+    metric_name: str
+    per_block: list[float | None]
+    last: float
+    best: float | None = None
+    adaptive: float | None = None
+    adaptive_depth: float | None = None
+    pixel_acc: list[float | None] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Trainer:
+    """Trains a DecoupledModel: `train_step`, `evaluate`, `fit`, and a resumable `state_dict`."""
+
+    def __init__(self, model: DecoupledModel, cfg: TrainConfig, total_steps: int, device: str | torch.device = "cpu"):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.total_steps = total_steps
+        self.optimizers, self.schedulers = build_optimizers(model, cfg, total_steps)
+        self.step = 0
+        self.epoch = 0
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One step of every block; raises NonFiniteLossError before touching any weight if a loss blew up."""
+        self.model.train()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        out = self.model.step(x, y)
+        heads = [k for k, b in enumerate(self.model.blocks) if b.head is not None]
+        for k, loss in zip(heads, out.losses):
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(k, self.model.method, self.step, float(loss))
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        # graphs of different blocks are disjoint, so one summed backward gives each block its own gradient
+        torch.stack([loss.float() for loss in out.losses]).sum().backward()
+        if self.cfg.grad_clip:
+            for group in self.model.param_groups():
+                torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
+        for o, s in zip(self.optimizers, self.schedulers):
+            o.step()
+            s.step()
+        self.step += 1
+        return {
+            "losses": [float(v) for v in out.losses],
+            "logits": out.logits,
+            "parts": [{k: float(v) for k, v in p.items()} for p in out.parts],
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable, adaptive: bool = True) -> EvalResult:
+        """Metric of every block's head and of the exits on `loader` (accuracy for cls, mIoU for seg)."""
+        m = self.model
+        m.eval()
+        ignore = 255 if m.task == "seg" else -100
+        mats: list[ConfusionMatrix | None] = [
+            ConfusionMatrix(m.num_classes, ignore) if b.head is not None else None for b in m.blocks
+        ]
+        ada = ConfusionMatrix(m.num_classes, ignore)
+        depth_sum, n = 0.0, 0
+        use_adaptive = adaptive and m.method != "bp"
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            for mat, logits in zip(mats, m.forward_blocks(x)):
+                if mat is not None and logits is not None:
+                    mat.update(logits, y)
+            if use_adaptive:
+                policy = m.exit_policy
+                m.exit_policy = "adaptive"
+                try:
+                    ada.update(m(x), y)
+                finally:
+                    m.exit_policy = policy
+                depth_sum += float(m.last_mean_depth or 0.0) * x.shape[0]
+                n += x.shape[0]
+        score = (lambda c: c.miou()) if m.task == "seg" else (lambda c: c.accuracy())
+        per_block = [score(c) if c is not None else None for c in mats]
+        pixel = [c.accuracy() if c is not None else None for c in mats] if m.task == "seg" else []
+        best_idx = int(m.best_block)
+        return EvalResult(
+            metric_name="miou" if m.task == "seg" else "accuracy",
+            per_block=per_block,
+            last=per_block[-1] if per_block[-1] is not None else float("nan"),
+            best=per_block[best_idx],
+            adaptive=score(ada) if use_adaptive else None,
+            adaptive_depth=depth_sum / n if n else None,
+            pixel_acc=pixel,
+        )
+
+    def select_best_block(self, val: EvalResult) -> int:
+        """Store in the model the block whose head scores best on the validation split (ties: the earlier)."""
+        scores = [(s, -k) for k, s in enumerate(val.per_block) if s is not None]
+        best = -max(scores)[1]
+        self.model.set_best_block(best)
+        return best
+
+    def train_epoch(self, loader: Iterable, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict:
+        losses_sum: list[float] = []
+        n = 0
+        t0 = time.perf_counter()
+        for x, y in loader:
+            out = self.train_step(x, y)
+            if not losses_sum:
+                losses_sum = [0.0] * len(out["losses"])
+            losses_sum = [a + b for a, b in zip(losses_sum, out["losses"])]
+            n += 1
+            if on_step is not None:
+                on_step(out)
+        self.epoch += 1
+        elapsed = time.perf_counter() - t0
+        return {"epoch": self.epoch, "loss": [s / max(n, 1) for s in losses_sum], "seconds": elapsed, "steps": n}
+
+    def fit(self, train_loader: Iterable, val_loader: Iterable, epochs: int, log: Callable[[str], None] = print):
+        """Train `epochs` epochs, printing each block's validation metric; keep the best block on validation."""
+        history = []
+        for _ in range(epochs):
+            stats = self.train_epoch(train_loader)
+            val = self.evaluate(val_loader, adaptive=False)
+            stats["val"] = val.per_block
+            history.append(stats)
+            blocks = " ".join("-" if v is None else f"{v:.1f}" for v in val.per_block)
+            log(f"epoch {self.epoch}: loss {sum(stats['loss']):.4f}  val {val.metric_name} per block: {blocks}")
+        if history:
+            self.select_best_block(self.evaluate(val_loader, adaptive=False))
+        return history
+
+    # -- resume -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "step": self.step,
+            "epoch": self.epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(
+                f"checkpoint has {len(state['optimizers'])} optimizers, this trainer {len(self.optimizers)}"
+            )
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+        for s, sd in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(sd)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
