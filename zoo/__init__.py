@@ -2,19 +2,25 @@
 
 from . import losses
 from ._factory import create_model, list_models
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
+from .export import export
 from .heads import METHODS
 from .models import paper_resnet18, paper_vgg
 
 __all__ = [
     "Block",
+    "CheckpointError",
     "DecoupledModel",
     "METHODS",
     "build_decoupled",
     "create_model",
+    "export",
     "list_models",
+    "load_checkpoint",
     "losses",
     "paper_resnet18",
     "paper_vgg",
+    "save_checkpoint",
 ]
 __version__ = "0.1.0"

@@ -139,6 +139,14 @@ class DecoupledModel(nn.Module):
         if x.shape[0] == 0:
             raise ValueError("empty batch")
         decoupled = self.method in LOCAL_METHODS
+        if decoupled and x.shape[0] < 2:
+            raise ValueError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
+        labels = y[y != (255 if self.task == "seg" else -100)]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            lo, hi = int(labels.min()), int(labels.max())
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         feats = [x]
         out = StepOutput([], [], [])
         for block in self.blocks:

@@ -155,7 +155,7 @@ class Trainer:
         self.epoch = 0
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One step of every block; raises NonFiniteLossError before touching any weight if a loss blew up."""
+        """One step of every block; a NaN/inf loss raises NonFiniteLossError before any optimizer step."""
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         out = self.model.step(x, y)
@@ -175,9 +175,9 @@ class Trainer:
             s.step()
         self.step += 1
         return {
-            "losses": [float(v) for v in out.losses],
+            "losses": [float(v.detach()) for v in out.losses],
             "logits": out.logits,
-            "parts": [{k: float(v) for k, v in p.items()} for p in out.parts],
+            "parts": [{k: float(v.detach()) for k, v in p.items()} for p in out.parts],
         }
 
     @torch.no_grad()

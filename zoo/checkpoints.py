@@ -1,0 +1,565 @@
+"""Decoupled checkpoints: save, load, pull by name, verify.
+
+A checkpoint is a folder in the layout timm and SMP use on model hubs: `config.json` (everything needed to rebuild
+the architecture under "model", plus task, method, blocks, classes, chosen exit, input size, mean/std, dataset,
+noise, metrics, commit) and `model.safetensors`. `training_state.pt` beside them (per-block optimizers and
+schedulers, step, epoch, RNG) makes the folder resumable; it is never published. Every write goes to a hidden
+temporary folder that is renamed into place, and `config.json` is written last, so an interrupted save never leaves
+a folder that loads as valid.
+
+Published checkpoints are listed in `zoo/pretrained/manifest.json` (override with $DEINFOREG_MANIFEST): each
+`arch.tag` maps to a source (a path relative to the manifest, `file://`, `http(s)://`, or `hf://owner/repo`), the
+sha256 of every file, and the recorded metrics. Pulls are copied into the cache ($DEINFOREG_CACHE, default
+~/.cache/deinforeg-zoo) and verified file by file; a file whose hash does not match is removed and refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .decoupled import DecoupledModel
+
+__all__ = [
+    "CheckpointError",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "TRAINING_STATE_NAME",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "load_training_state",
+    "resume_trainer",
+    "read_config",
+    "list_pretrained",
+    "get_pretrained_entry",
+    "load_pretrained",
+    "pull",
+    "cache_dir",
+    "manifest_path",
+    "read_manifest",
+    "sha256_file",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TRAINING_STATE_NAME = "training_state.pt"
+FORMAT = "deinforeg-zoo"
+FORMAT_VERSION = 1
+CACHE_ENV = "DEINFOREG_CACHE"
+MANIFEST_ENV = "DEINFOREG_MANIFEST"
+_DEFAULT_MANIFEST = Path(__file__).parent / "pretrained" / "manifest.json"
+_HTTP_TIMEOUT = 60.0
+# config keys that would fetch or read external weights when the architecture is rebuilt
+_NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
+
+
+class CheckpointError(Exception):
+    """Any checkpoint problem a user can act on: missing or corrupt files, hash or architecture mismatch, bad tag."""
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, (tuple, set, np.ndarray)):
+        return list(o)
+    if isinstance(o, (Path, torch.dtype, torch.device)):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to config.json")
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Move the finished folder `tmp` to `dest`, replacing an existing checkpoint there."""
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- save ------------------------------------------------------------------------------------------------------
+def _input_size(config: dict[str, Any]) -> list[int] | None:
+    if config.get("input_size"):
+        return list(config["input_size"])
+    if config.get("img_size"):
+        return [int(config.get("in_channels", 3)), int(config["img_size"]), int(config["img_size"])]
+    return None
+
+
+def _rng_to_plain(rng: dict[str, Any]) -> dict[str, Any]:
+    """RNG states as tensors and tuples, so `torch.load(weights_only=True)` can read them back."""
+    out = dict(rng)
+    if "numpy" in rng and rng["numpy"] is not None:
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        out["numpy"] = (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), gauss)
+    return out
+
+
+def _rng_from_plain(rng: dict[str, Any]) -> dict[str, Any]:
+    out = dict(rng)
+    if "numpy" in rng and rng["numpy"] is not None:
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        out["numpy"] = (kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(gauss))
+    if "python" in rng and rng["python"] is not None:
+        version, state, gauss = rng["python"]
+        out["python"] = (version, tuple(state), gauss)
+    return out
+
+
+def save_checkpoint(
+    model: DecoupledModel,
+    path: str | os.PathLike,
+    *,
+    metadata: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write checkpoint folder `path` atomically (`config.json` + `model.safetensors` [+ `training_state.pt`]).
+
+    `metadata` (dataset, noise, metrics, ...) is merged into config.json over the fields read from the model.
+    `trainer_state` is `Trainer.state_dict()`; its "model" entry is dropped (the weights are the safetensors file).
+    `dtype` (e.g. torch.float16) casts floating tensors for a smaller file; a resumable checkpoint keeps float32.
+    """
+    if not isinstance(model, DecoupledModel):
+        raise CheckpointError(f"save_checkpoint needs a DecoupledModel, got {type(model).__name__}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise CheckpointError(f"dtype must be a floating type, got {dtype}")
+    if trainer_state is not None and dtype not in (None, torch.float32):
+        raise CheckpointError("a resumable checkpoint (trainer_state) keeps float32 weights; drop dtype or the state")
+    if not model.config.get("name"):
+        raise CheckpointError("model.config has no 'name': it cannot be rebuilt with zoo.create_model(**config)")
+    dest = Path(path).expanduser().absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.clone().contiguous()  # clone: safetensors refuses tensors that share storage
+
+    mcfg = dict(model.config)
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": mcfg,
+        "architecture": mcfg["name"] if mcfg.get("task", model.task) == "cls" else f"{mcfg.get('arch')}_{mcfg['name']}",
+        "task": model.task,
+        "method": model.method,
+        "num_blocks": model.num_blocks,
+        "num_classes": model.num_classes,
+        "best_block": int(model.best_block),
+        "exit_policy": model.exit_policy,
+        "input_size": _input_size(mcfg),
+        "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
+        "torch_version": torch.__version__,
+        "commit": _git_commit(),
+    }
+    for k in ("mean", "std", "interpolation", "crop_pct"):
+        if k in mcfg:
+            config[k] = mcfg[k]
+    if trainer_state is not None:
+        config.update(step=int(trainer_state.get("step", 0)), epoch=int(trainer_state.get("epoch", 0)))
+    config.update(metadata or {})
+
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        weights = tmp / WEIGHTS_NAME
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        config["weights_bytes"] = weights.stat().st_size
+        config["weights_sha256"] = sha256_file(weights)
+        if trainer_state is not None:
+            state = {k: v for k, v in trainer_state.items() if k != "model"}
+            if "rng" in state and state["rng"]:
+                state["rng"] = _rng_to_plain(state["rng"])
+            torch.save(state, tmp / TRAINING_STATE_NAME)
+        _write_json(tmp / CONFIG_NAME, config)  # last: a folder without it is not a checkpoint
+        _fsync_dir(tmp)
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# -- load ------------------------------------------------------------------------------------------------------
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://", "file://", "hf://"))
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed `config.json` of checkpoint folder `path` (CheckpointError if missing or corrupt)."""
+    folder = Path(path)
+    cfg_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a checkpoint folder (no such directory)")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} is not a checkpoint folder: {CONFIG_NAME} is missing (an unfinished save?)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is truncated or corrupt: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
+        raise CheckpointError(f"{cfg_path} is not a DeInfoReg Zoo config (no 'model' section with a 'name')")
+    return config
+
+
+def _read_weights(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}")
+    size, expect = weights.stat().st_size, config.get("weights_bytes")
+    if expect is not None and size != int(expect):
+        raise CheckpointError(f"{weights} is truncated or corrupt: {size} bytes, the checkpoint recorded {expect}")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for bad headers and short files
+        raise CheckpointError(f"{weights} is truncated or corrupt: {e}") from None
+    sha = config.get("weights_sha256")
+    if sha is not None and sha256_file(weights) != sha:
+        raise CheckpointError(f"{weights} is corrupt: its sha256 does not match the one in {CONFIG_NAME}")
+    return tensors
+
+
+def _describe(config: dict[str, Any]) -> str:
+    m = config.get("model", config)
+    arch = f"{m.get('arch')} with encoder {m['name']}" if m.get("task") == "seg" else m.get("name")
+    return f"{arch} ({m.get('method')}, {m.get('num_blocks')} blocks, {m.get('num_classes')} classes)"
+
+
+def _check_fits(model: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, target: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if shapes:
+            parts.append(f"shape (checkpoint vs model) {shapes[:3]}")
+        raise CheckpointError(f"checkpoint {what} does not fit {target}: {'; '.join(parts)}")
+
+
+def _to_model_dtypes(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    own = model.state_dict()
+    return {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _resolve_folder(path_or_url: str | os.PathLike) -> Path:
+    s = os.fspath(path_or_url)
+    if _is_url(s):
+        return _fetch_url_folder(s)
+    p = Path(s).expanduser()
+    if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME, TRAINING_STATE_NAME):
+        p = p.parent
+    return p
+
+
+def load_checkpoint(
+    path_or_url: str | os.PathLike, map_location: str | torch.device = "cpu", num_classes: int | None = None
+) -> DecoupledModel:
+    """Rebuild the model of a checkpoint folder (or URL of one) and load its weights as float32, in eval mode.
+
+    `num_classes`, if given, must match the checkpoint's. The parsed config is attached as `model.checkpoint_meta`.
+    """
+    from ._factory import create_model
+
+    folder = _resolve_folder(path_or_url)
+    config = read_config(folder)
+    n = config.get("num_classes", config["model"].get("num_classes"))
+    if num_classes is not None and n is not None and int(num_classes) != int(n):
+        raise CheckpointError(
+            f"class-count mismatch: checkpoint {folder.name} has {n} classes, {num_classes} were asked for"
+        )
+    tensors = _read_weights(folder, config)
+    kwargs = {k: v for k, v in config["model"].items() if k not in _NO_REBUILD_KEYS}
+    if "encoder_weights" in kwargs:
+        kwargs["encoder_weights"] = None  # the checkpoint carries every weight; never download
+    try:
+        model = create_model(**kwargs)
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"cannot rebuild {_describe(config)} from {folder}: {e}") from None
+    _check_fits(model, tensors, str(folder), f"the architecture its config describes ({_describe(config)})")
+    model.load_state_dict(_to_model_dtypes(model, tensors))
+    policy = config.get("exit_policy")
+    if policy:
+        model.exit_policy = policy
+    model.checkpoint_meta = config
+    return model.to(map_location).eval()
+
+
+def load_weights(model: DecoupledModel, path_or_url: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint's weights into an existing `model`; architecture or class-count mismatch → CheckpointError.
+
+    Returns the checkpoint's config.
+    """
+    folder = _resolve_folder(path_or_url)
+    config = read_config(folder)
+    theirs, ours = config["model"], model.config
+    for key in ("name", "arch", "method", "num_blocks", "num_classes"):
+        if key in theirs and key in ours and theirs[key] != ours[key]:
+            raise CheckpointError(
+                f"{key} mismatch: checkpoint {folder.name} is {_describe(config)}, the model is {_describe(ours)}"
+            )
+    tensors = _read_weights(folder, config)
+    _check_fits(model, tensors, str(folder), f"the model ({_describe(ours)})")
+    model.load_state_dict(_to_model_dtypes(model, tensors))
+    return config
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """`Trainer.state_dict()` without "model" saved beside checkpoint `path`, or None if it is not resumable."""
+    f = Path(path) / TRAINING_STATE_NAME
+    if not f.is_file():
+        return None
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{f} is truncated or corrupt: {e}") from None
+    if state.get("rng"):
+        state["rng"] = _rng_from_plain(state["rng"])
+    return state
+
+
+def resume_trainer(trainer: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Restore `trainer` (a zoo.train.Trainer) from a resumable checkpoint: weights, optimizers, schedulers, RNG.
+
+    Returns the checkpoint's config.
+    """
+    config = load_weights(trainer.model, path)
+    state = load_training_state(path)
+    if state is None:
+        raise CheckpointError(f"{path} has no {TRAINING_STATE_NAME}: it was saved without trainer_state")
+    state["model"] = trainer.model.state_dict()
+    try:
+        trainer.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    return config
+
+
+# -- manifest and cache ----------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where pulled checkpoints live: $DEINFOREG_CACHE or ~/.cache/deinforeg-zoo."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "deinforeg-zoo").expanduser()
+
+
+def manifest_path() -> Path:
+    return Path(os.environ.get(MANIFEST_ENV) or _DEFAULT_MANIFEST).expanduser()
+
+
+def read_manifest(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The manifest's entries ({} if the file does not exist)."""
+    p = Path(path) if path is not None else manifest_path()
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"manifest {p} is corrupt: {e}") from None
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def list_pretrained(task: str | None = None) -> list[str]:
+    """`arch.tag` names of the manifest, optionally of one task."""
+    return sorted(n for n, e in read_manifest().items() if task is None or e.get("task") == task)
+
+
+def get_pretrained_entry(name: str) -> tuple[str, dict[str, Any]]:
+    """(full name, manifest entry) for `arch.tag`, or for a bare `arch` its default tag (flagged or first)."""
+    manifest = read_manifest()
+    if name in manifest:
+        return name, manifest[name]
+    if "." not in name:
+        matches = [n for n in manifest if n.split(".", 1)[0] == name]
+        if matches:
+            default = [n for n in matches if manifest[n].get("default")]
+            pick = (default or matches)[0]
+            return pick, manifest[pick]
+    available = ", ".join(sorted(manifest)) or "none (the manifest is empty)"
+    raise CheckpointError(f"unknown pretrained tag {name!r}; available: {available}")
+
+
+def _source_of(entry: dict[str, Any], manifest_file: Path) -> str:
+    src = str(entry.get("source", ""))
+    if not src:
+        raise CheckpointError("manifest entry has no 'source'")
+    if _is_url(src) or Path(src).is_absolute():
+        return src
+    return str((manifest_file.parent / src).resolve())
+
+
+def _copy_to(src: str, name: str, dest: Path) -> None:
+    """Fetch file `name` of source folder `src` into `dest` (a temporary path)."""
+    if src.startswith(("http://", "https://")):
+        _download(src.rstrip("/") + "/" + urllib.parse.quote(name), dest)
+    elif src.startswith("hf://"):
+        _hf_download(src[len("hf://") :], name, dest)
+    else:
+        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(src).path)) if src.startswith("file://") else Path(src)
+        f = folder / name
+        if not f.is_file():
+            raise CheckpointError(f"source {folder} has no {name}")
+        shutil.copyfile(f, dest)
+
+
+def _download(url: str, dest: Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT) as r, open(dest, "wb") as f:
+            expect = r.headers.get("Content-Length")
+            shutil.copyfileobj(r, f, 1 << 20)
+    except OSError as e:  # URLError, HTTPError, timeouts
+        raise CheckpointError(f"cannot download {url}: {e}") from None
+    if expect is not None and dest.stat().st_size != int(expect):
+        raise CheckpointError(f"download of {url} is truncated: {dest.stat().st_size} of {expect} bytes")
+
+
+def _hf_download(spec: str, name: str, dest: Path) -> None:
+    """`hf://owner/repo[/subfolder][@revision]` → the file from the Hugging Face Hub (needs huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError("hf:// sources need the huggingface_hub package") from None
+    spec, _, revision = spec.partition("@")
+    parts = spec.strip("/").split("/")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        local = hf_hub_download(repo, name, subfolder=sub, revision=revision or None)
+    except Exception as e:  # offline, missing repo or file
+        raise CheckpointError(f"cannot download {name} from Hugging Face Hub repo {repo}: {e}") from None
+    shutil.copyfile(local, dest)
+
+
+def _verified(folder: Path, hashes: dict[str, str]) -> list[str]:
+    """Names of the files in `folder` that are missing or whose sha256 differs from `hashes`."""
+    return [n for n, h in hashes.items() if not (folder / n).is_file() or sha256_file(folder / n) != h]
+
+
+def pull(name: str) -> Path:
+    """The verified local folder of pretrained checkpoint `name` (fetched into the cache on first use)."""
+    full, entry = get_pretrained_entry(name)
+    hashes: dict[str, str] = dict(entry.get("sha256") or {})
+    if CONFIG_NAME not in hashes or WEIGHTS_NAME not in hashes:
+        raise CheckpointError(f"manifest entry {full!r} lacks the sha256 of {CONFIG_NAME} and {WEIGHTS_NAME}")
+    key = hashlib.sha256("".join(hashes[k] for k in sorted(hashes)).encode()).hexdigest()[:16]
+    folder = cache_dir() / full / key
+    if folder.is_dir():
+        if not _verified(folder, hashes):
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged cache entry: fetch it again
+    src = _source_of(entry, manifest_path())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        for fname in hashes:
+            _copy_to(src, fname, tmp / fname)
+        bad = _verified(tmp, hashes)
+        if bad:
+            raise CheckpointError(
+                f"sha256 mismatch for {full}: {', '.join(bad)} from {src} does not match the manifest; "
+                "refused, and the download was removed from the cache"
+            )
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _fetch_url_folder(url: str) -> Path:
+    """Copy the checkpoint folder at `url` into the cache (keyed by URL); its weights are checked against config."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder = cache_dir() / "urls" / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        for fname in (CONFIG_NAME, WEIGHTS_NAME):
+            _copy_to(url, fname, tmp / fname)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_pretrained(
+    name: str, num_classes: int | None = None, map_location: str | torch.device = "cpu"
+) -> DecoupledModel:
+    """`zoo.create_model("arch.tag", pretrained=True)`: pull, verify and load a published checkpoint."""
+    full, entry = get_pretrained_entry(name)
+    folder = pull(full)
+    config = read_config(folder)
+    want = entry.get("architecture")
+    have = config.get("architecture", config["model"].get("name"))
+    if want is not None and want != have:
+        raise CheckpointError(f"architecture mismatch for {full}: the manifest says {want}, the checkpoint is {have}")
+    try:
+        return load_checkpoint(folder, map_location=map_location, num_classes=num_classes)
+    except CheckpointError as e:
+        raise CheckpointError(f"{full}: {e}") from None
