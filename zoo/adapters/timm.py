@@ -366,7 +366,11 @@ def export(model: DecoupledModel) -> nn.Module:
             got = timm_model(x)
         except RuntimeError:
             got = None
-    if got is None or got.shape != expect.shape or not torch.allclose(got, expect, rtol=1e-4, atol=1e-4):
+    if (
+        got is None
+        or got.shape != expect.shape
+        or not torch.allclose(got, expect, rtol=1e-4, atol=1e-4, equal_nan=True)
+    ):
         raise NotImplementedError(
             f"{config['timm_name']}: timm's head does not pool the way the local head does (e.g. attention "
             "pooling); export of a decoupled model is unsupported for it"
