@@ -137,10 +137,11 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
 
 # -- save ------------------------------------------------------------------------------------------------------
 def _input_size(config: dict[str, Any]) -> list[int] | None:
-    if config.get("input_size"):
-        return list(config["input_size"])
+    # img_size is what the model was built (and trained) for; input_size is timm's pretrained_cfg default
     if config.get("img_size"):
         return [int(config.get("in_channels", 3)), int(config["img_size"]), int(config["img_size"])]
+    if config.get("input_size"):
+        return list(config["input_size"])
     return None
 
 
@@ -234,6 +235,9 @@ def save_checkpoint(
                 state["rng"] = _rng_to_plain(state["rng"])
             torch.save(state, tmp / TRAINING_STATE_NAME)
         _write_json(tmp / CONFIG_NAME, config)  # last: a folder without it is not a checkpoint
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
+        tmp.chmod(0o755)
         _fsync_dir(tmp)
         _replace_dir(tmp, dest)
     except BaseException:
