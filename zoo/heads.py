@@ -107,7 +107,45 @@ class Projector(nn.Module):
         return self.mlp(self.pool(h))
 
 
-class LocalHead(nn.Module):
+class _LocalHeadBase(nn.Module):
+    """What every local head shares: the method and how its loss combines the method term with the CE term."""
+
+    def __init__(
+        self,
+        method: str,
+        num_classes: int,
+        ce_weight: float,
+        loss_weights: tuple[float, float, float],
+        temperature: float,
+    ):
+        super().__init__()
+        if method not in LOCAL_METHODS:
+            raise ValueError(f"method {method!r} has no local head; valid choices: {', '.join(LOCAL_METHODS)}")
+        self.method = method
+        self.num_classes = num_classes
+        self.ce_weight = ce_weight
+        self.loss_weights = tuple(loss_weights)
+        self.temperature = temperature
+
+    def _combine(
+        self, z: torch.Tensor, y: torch.Tensor, ce: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's loss on embeddings z (N×D, labels y) plus the classifier's cross-entropy `ce`.
+
+        Under scpl, `ce` must come from the classifier on detached embeddings.
+        """
+        losses.check_labels(z, y, self.num_classes)
+        if self.method == "deinforeg":
+            parts = losses.deinforeg(z, y, self.num_classes, self.loss_weights)
+            info = {"invariance": parts.invariance, "variance": parts.variance, "covariance": parts.covariance}
+            return parts.total + self.ce_weight * ce, {**info, "ce": ce}
+        if self.method == "greedy":
+            return ce, {"ce": ce}
+        con = losses.scpl(z, y, self.num_classes, self.temperature)
+        return con + ce, {"contrastive": con, "ce": ce}
+
+
+class LocalHead(_LocalHeadBase):
     """Projector + auxiliary classifier of one block; `loss(h, y)` returns (loss, logits, parts)."""
 
     def __init__(
@@ -123,14 +161,7 @@ class LocalHead(nn.Module):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         temperature: float = 0.1,
     ):
-        super().__init__()
-        if method not in LOCAL_METHODS:
-            raise ValueError(f"method {method!r} has no local head; valid choices: {', '.join(LOCAL_METHODS)}")
-        self.method = method
-        self.num_classes = num_classes
-        self.ce_weight = ce_weight
-        self.loss_weights = tuple(loss_weights)
-        self.temperature = temperature
+        super().__init__(method, num_classes, ce_weight, loss_weights, temperature)
         self.projector = Projector(in_shape, projector, hidden_dim, proj_dim, pool)
         self.classifier = nn.Linear(self.projector.out_dim, num_classes)
 
@@ -139,26 +170,9 @@ class LocalHead(nn.Module):
 
     def loss(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         z = self.projector(h)
-        return _method_loss(self, z, y)
-
-
-def _method_loss(head, z: torch.Tensor, y: torch.Tensor):
-    """The loss of `head.method` on embeddings z (N×D) and labels y (N)."""
-    if head.method == "deinforeg":
-        logits = head.classifier(z)
-        parts = losses.deinforeg(z, y, head.num_classes, head.loss_weights)
-        ce = F.cross_entropy(logits.float(), y)
-        total = parts.total + head.ce_weight * ce
-        info = {"invariance": parts.invariance, "variance": parts.variance, "covariance": parts.covariance}
-        return total, logits, {**info, "ce": ce}
-    if head.method == "greedy":
-        logits = head.classifier(z)
-        ce = losses.greedy(logits, y, head.num_classes)
-        return ce, logits, {"ce": ce}
-    logits = head.classifier(z.detach())
-    con = losses.scpl(z, y, head.num_classes, head.temperature)
-    ce = F.cross_entropy(logits.float(), y)
-    return con + ce, logits, {"contrastive": con, "ce": ce}
+        logits = self.classifier(z.detach() if self.method == "scpl" else z)
+        total, parts = self._combine(z, y, F.cross_entropy(logits.float(), y))
+        return total, logits, parts
 
 
 def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -168,7 +182,7 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
-class DenseLocalHead(nn.Module):
+class DenseLocalHead(_LocalHeadBase):
     """Per-pixel local head for a segmentation encoder block.
 
     A 1×1-conv projector gives a pixel embedding map; the method's loss runs on up to `pixels_per_image` valid
@@ -189,16 +203,9 @@ class DenseLocalHead(nn.Module):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         temperature: float = 0.1,
     ):
-        super().__init__()
-        if method not in LOCAL_METHODS:
-            raise ValueError(f"method {method!r} has no local head; valid choices: {', '.join(LOCAL_METHODS)}")
-        self.method = method
-        self.num_classes = num_classes
+        super().__init__(method, num_classes, ce_weight, loss_weights, temperature)
         self.pixels_per_image = pixels_per_image
         self.ignore_index = ignore_index
-        self.ce_weight = ce_weight
-        self.loss_weights = tuple(loss_weights)
-        self.temperature = temperature
         self.projector = nn.Sequential(
             nn.Conv2d(in_channels, hidden_dim, 1, bias=False),
             nn.BatchNorm2d(hidden_dim),
@@ -229,25 +236,16 @@ class DenseLocalHead(nn.Module):
         y = resize_mask(y, h.shape[-2:])
         zmap = self.projector(h)
         logits = self.classifier(zmap)
-        ce = F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index)
+        ce_logits = self.classifier(zmap.detach()) if self.method == "scpl" else logits
+        ce = F.cross_entropy(ce_logits.float(), y, ignore_index=self.ignore_index)
         if not torch.isfinite(ce):  # every pixel ignored
-            ce = logits.sum() * 0.0
+            ce = ce_logits.sum() * 0.0
         idx = self._sample(y)
         if idx.numel() < 2:
             return ce, logits, {"ce": ce}
-        d = zmap.shape[1]
-        z = zmap.permute(0, 2, 3, 1).reshape(-1, d)[idx]
-        ys = y.reshape(-1)[idx]
-        if self.method == "deinforeg":
-            parts = losses.deinforeg(z, ys, self.num_classes, self.loss_weights)
-            info = {"invariance": parts.invariance, "variance": parts.variance, "covariance": parts.covariance}
-            return parts.total + self.ce_weight * ce, logits, {**info, "ce": ce}
-        if self.method == "greedy":
-            return ce, logits, {"ce": ce}
-        # scpl: the classifier reads detached embeddings; recompute its CE on them
-        ce = F.cross_entropy(self.classifier(zmap.detach()).float(), y, ignore_index=self.ignore_index)
-        con = losses.scpl(z, ys, self.num_classes, self.temperature)
-        return con + ce, logits, {"contrastive": con, "ce": ce}
+        z = zmap.permute(0, 2, 3, 1).reshape(-1, zmap.shape[1])[idx]
+        total, parts = self._combine(z, y.reshape(-1)[idx], ce)
+        return total, logits, parts
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
