@@ -1,0 +1,143 @@
+"""The pipeline engine: equality with single-process training, faults, wrong launches, the partitioner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.pipeline import (
+    LaunchError,
+    PipelineConfig,
+    PipelineError,
+    balanced_split,
+    check_config,
+    launch,
+    run_single,
+)
+from zoo.train import TrainConfig
+
+pytestmark = pytest.mark.dist
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny(**kw) -> PipelineConfig:
+    base = PipelineConfig(
+        model="paper_vgg",
+        model_kwargs={"width": 0.125},
+        img_size=16,
+        batch_size=8,
+        steps=4,
+        warmup_steps=1,
+        pool_batches=3,
+        data="synthetic",
+        stages=2,
+        partition=[2, 2],
+        max_in_flight=1,
+        train=TrainConfig(optimizer="sgd", lr=0.05),
+        timeout_s=60.0,
+        verbose=False,
+    )
+    return replace(base, **kw)
+
+
+def test_two_stage_pipeline_equals_single_process(tmp_path):
+    from zoo.checkpoints import load_checkpoint
+
+    cfg = _tiny(checkpoint=str(tmp_path / "ckpt"))
+    result = launch(cfg)
+    ref = run_single(cfg, "deinforeg")["model"]
+    ours, theirs = result.model.state_dict(), ref.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert result.partition == [2, 2] and len(result.stages) == 2
+    assert all(s["steps"] == cfg.steps for s in result.stages)
+    assert result.stages[0]["bytes_sent"] > 0 and result.trainer_state["step"] == cfg.steps
+    # the pipelined run's checkpoint loads and predicts like the single-process model
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    x = torch.randn(2, 3, 16, 16)
+    ref.eval()
+    torch.testing.assert_close(loaded(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert loaded.checkpoint_meta["pipeline"]["partition"] == [2, 2]
+
+
+@pytest.mark.parametrize("kind", ["raise", "kill"])
+def test_a_dead_stage_stops_every_stage_naming_it(tmp_path, kind):
+    cfg = _tiny(fault=f"1:2:{kind}", steps=6, checkpoint=str(tmp_path / "ckpt"))
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError) as err:
+        launch(cfg)
+    assert time.monotonic() - t0 < 40
+    msg = str(err.value)
+    assert "stage 1" in msg
+    assert ("injected fault" in msg) if kind == "raise" else ("SIGKILL" in msg)
+    assert "stage 0 exited with code 1" in msg  # stopped by the watchdog, not left hanging
+    assert not (tmp_path / "ckpt").exists()  # nothing written as complete
+
+
+def test_bp_baseline_runs_over_torch_pipelining():
+    result = launch(_tiny(engine="gpipe", steps=3, micro_batches=2))
+    assert len(result.stages) == 2 and result.stages[-1]["samples_per_s"] > 0
+    assert result.stages[0]["bytes_sent_per_step"] > 0
+
+
+def test_wrong_launches_give_one_clear_error_each():
+    with pytest.raises(LaunchError, match="5 stages need at least 5 blocks"):
+        launch(_tiny(stages=5, partition=None))
+    with pytest.raises(LaunchError, match="does not match the world size 3"):
+        check_config(_tiny(), world=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(LaunchError, match=f"port {port} .* already in use"):
+            launch(_tiny(port=port))
+
+
+def test_partitioner_minimises_the_slowest_stage():
+    assert balanced_split([1, 1, 1, 5], 2) == [3, 1]
+    assert balanced_split([4, 1, 1, 1, 1], 2) == [1, 4]
+    assert balanced_split([1, 1, 1, 1], 4) == [1, 1, 1, 1]
+    assert balanced_split([2, 2, 2], 2, link=[0, 5, 0]) == [1, 2]  # an expensive link moves the cut
+    with pytest.raises(ValueError, match="cannot split 2 blocks into 3 stages"):
+        balanced_split([1, 1], 3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_stage(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoo.pipeline",
+        "--model",
+        "paper_vgg",
+        "--model-kwargs",
+        "width=0.125",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "100000",
+        "--dataset",
+        "synthetic",
+        "--partition",
+        "2,2",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+    ]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(15)
+    os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 130, out.decode()
+    assert not (tmp_path / "ckpt").exists()

@@ -1,0 +1,364 @@
+"""What one stage process runs: the decoupled schedule, or BP over `torch.distributed.pipelining` for comparison.
+
+Decoupled schedule (DeInfoReg, greedy, SCPL): stage k receives micro-batch t (activation, labels, and the skip
+features a later segmentation decoder reads) from stage k-1, runs its blocks, computes each block's local loss,
+steps its own optimizers and sends the detached output on. No gradient crosses a stage, so stage k works on t while
+stage k+1 works on t-1; a bounded number of sends in flight bounds memory. Every process builds the whole model from
+the same seed and keeps its own blocks, so with the same data the result equals single-process training.
+
+BP baseline: the same blocks without local heads (`method="bp"`) on the same partition, driven by
+`ScheduleGPipe` or `Schedule1F1B` (the engine a user would otherwise pick).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..decoupled import DecoupledModel
+from ..heads import LOCAL_METHODS
+from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything
+from ._comm import DATA, Link
+from .partition import stage_slices
+
+__all__ = ["ENGINES", "PipelineConfig", "build_model", "data_pool", "run_single", "stage_decoupled", "stage_bp"]
+
+ENGINES = ("deinforeg", "gpipe", "1f1b")
+
+
+@dataclass
+class PipelineConfig:
+    """One pipelined (or single-process reference) training run."""
+
+    model: str = "resnet18"  # zoo.create_model name (timm classifier / paper model, or SMP encoder for seg)
+    task: str = "cls"  # cls | seg
+    arch: str | None = None  # SMP architecture for seg (unet by default)
+    method: str = "deinforeg"  # local method of the decoupled engine (deinforeg | greedy | scpl)
+    engine: str = "deinforeg"  # deinforeg (decoupled schedule) | gpipe | 1f1b (BP via torch.distributed.pipelining)
+    num_classes: int | None = None  # default: the dataset's
+    num_blocks: int | None = None  # default: the model's natural count
+    img_size: int | None = None  # default: the dataset's
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments (e.g. width)
+    data: str = "auto"  # digits | shapes | synthetic; auto: digits for cls, shapes for seg
+    batch_size: int = 64
+    steps: int = 20  # optimizer steps per stage (one per batch)
+    warmup_steps: int = 3  # steps left out of the throughput window
+    pool_batches: int = 8  # batches preloaded into memory and cycled (data loading is not what we measure)
+    micro_batches: int = 4  # gpipe / 1f1b: micro-batches per batch
+    max_in_flight: int = 2  # decoupled engine: sends not yet completed before a stage waits
+    stages: int | None = 2  # None: the launcher's world size
+    partition: list[int] | None = None  # blocks per stage; None: profile and balance
+    profile_repeats: int = 3
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "cpu"  # cpu | cuda (stage r uses cuda:LOCAL_RANK)
+    threads: int = 1  # torch threads per stage process (one CPU stage process stands for one device)
+    timeout_s: float = 120.0  # longest wait for any single message
+    dead_after_s: float = 10.0  # a stage silent this long is declared dead
+    host: str = "127.0.0.1"
+    port: int | None = None  # --stages mode: rendezvous port (None: a free one)
+    checkpoint: str | None = None  # write the trained model here (zoo.checkpoints format)
+    fault: str | None = None  # testing: "STAGE:STEP:raise|kill|hang" injects a failure
+    verbose: bool = True
+
+    def resolved(self) -> PipelineConfig:
+        """Fill dataset-dependent defaults."""
+        data = self.data if self.data != "auto" else ("digits" if self.task == "cls" else "shapes")
+        num_classes, img = self.num_classes, self.img_size
+        if data != "synthetic":
+            from datasets import get_dataset_info
+
+            info = get_dataset_info(data)
+            num_classes = num_classes or info.num_classes
+            img = img or (32 if data == "digits" else info.image_size)
+        return replace(
+            self, data=data, num_classes=num_classes or 10, img_size=img or (32 if self.task == "cls" else 64)
+        )
+
+
+# -- model and data ---------------------------------------------------------------------------------------------
+def build_model(cfg: PipelineConfig, method: str | None = None) -> DecoupledModel:
+    """The run's model, built from `cfg.seed` so every process gets the same initial weights."""
+    from .._factory import create_model
+
+    seed_everything(cfg.seed)
+    kw = dict(cfg.model_kwargs)
+    kw.setdefault("img_size", cfg.img_size)
+    if cfg.task == "seg":
+        kw.setdefault("encoder_weights", None)
+    return create_model(
+        cfg.model,
+        task=cfg.task,
+        method=method or cfg.method,
+        num_classes=cfg.num_classes,
+        num_blocks=cfg.num_blocks,
+        arch=cfg.arch,
+        **kw,
+    )
+
+
+def data_pool(cfg: PipelineConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`cfg.pool_batches` training batches, the same in every process for the same seed."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    n, b, s = cfg.pool_batches, cfg.batch_size, cfg.img_size
+    if cfg.data == "synthetic":
+        xs = [torch.randn(b, 3, s, s, generator=g) for _ in range(n)]
+        shape = (b,) if cfg.task == "cls" else (b, s, s)
+        return [(x, torch.randint(0, cfg.num_classes, shape, generator=g)) for x in xs]
+    from datasets import create_dataset, create_loader
+
+    ds = create_dataset(cfg.data, "train", image_size=cfg.img_size, seed=cfg.seed)
+    loader = create_loader(ds, b, shuffle=True, seed=cfg.seed, num_workers=0, drop_last=True)
+    pool = list(itertools.islice(itertools.cycle(loader), n))
+    if not pool:
+        raise ValueError(f"dataset {cfg.data!r} has fewer than batch_size={b} training samples")
+    return pool
+
+
+def batches(cfg: PipelineConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    return itertools.islice(itertools.cycle(data_pool(cfg)), cfg.steps)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _fault(cfg: PipelineConfig, rank: int, step: int) -> None:
+    if not cfg.fault:
+        return
+    stage, at, kind = cfg.fault.split(":")
+    if int(stage) != rank or int(at) != step:
+        return
+    if kind == "kill":
+        os.kill(os.getpid(), 9)
+    if kind == "hang":
+        time.sleep(3600)
+    raise RuntimeError(f"injected fault at step {step}")
+
+
+def _window(ends: list[float], warmup: int) -> tuple[float, int]:
+    """Seconds and steps of the steady-state window: from the end of step `warmup-1` to the end of the last."""
+    w = min(max(warmup, 1), len(ends) - 1)
+    return ends[-1] - ends[w - 1], len(ends) - w
+
+
+# -- decoupled schedule ------------------------------------------------------------------------------------------
+def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], link: Link) -> dict[str, Any]:
+    """Train this stage's blocks with the decoupled schedule; returns its statistics and final state."""
+    if cfg.method not in LOCAL_METHODS:
+        raise ValueError(f"the decoupled engine needs a local method ({', '.join(LOCAL_METHODS)}), got {cfg.method!r}")
+    device = link.device
+    model = build_model(cfg)
+    optims, scheds = build_optimizers(model, replace(cfg.train, per_block=True), cfg.steps)
+    mine = stage_slices(sizes)[rank]
+    blocks = [model.blocks[k].to(device).train() for k in mine]
+    opts, lrs = [optims[k] for k in mine], [scheds[k] for k in mine]
+    skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
+    method = model.method
+    del model, optims, scheds  # keep only this stage's blocks
+    first, last = rank == 0, rank == world - 1
+    source = batches(cfg) if first else None
+    compute, ends = [], []
+    for t in range(cfg.steps):
+        _fault(cfg, rank, t)
+        if first:
+            x, y = next(source)
+            feats, y = [x.to(device, non_blocking=True)], y.to(device, non_blocking=True)
+        else:
+            msg = link.recv(rank - 1, f"micro-batch {t}")
+            if msg.kind != DATA or msg.step != t:
+                raise RuntimeError(f"stage {rank}: expected micro-batch {t}, got kind {msg.kind} step {msg.step}")
+            feats, y = list(msg.tensors[:-1]), msg.tensors[-1]
+        t0 = time.perf_counter()
+        losses = []
+        for k, block in zip(mine, blocks):
+            h = block([f.detach() for f in feats])
+            feats.append(h)
+            loss = block.head.loss(h, y)[0]
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(k, method, t, float(loss))
+            losses.append(loss)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        torch.stack([v.float() for v in losses]).sum().backward()
+        if cfg.train.grad_clip:
+            for b in blocks:
+                torch.nn.utils.clip_grad_norm_([p for p in b.parameters() if p.requires_grad], cfg.train.grad_clip)
+        for o, s in zip(opts, lrs):
+            o.step()
+            s.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute.append(time.perf_counter() - t0)
+        if not last:
+            out = feats if skips_out else feats[-1:]
+            link.send(rank + 1, DATA, t, [f.detach() for f in out] + [y])
+        ends.append(time.perf_counter())
+    link.flush()
+    ends[-1] = time.perf_counter()
+    return _stage_stats(cfg, rank, world, "deinforeg", compute, ends, link, device) | {
+        "blocks": list(mine),
+        "state": {k: b.state_dict() for k, b in zip(mine, blocks)},
+        "optimizers": {k: o.state_dict() for k, o in zip(mine, opts)},
+        "schedulers": {k: s.state_dict() for k, s in zip(mine, lrs)},
+    }
+
+
+def _stage_stats(cfg, rank, world, engine, compute, ends, link, device) -> dict[str, Any]:
+    wall, n = _window(ends, cfg.warmup_steps)
+    w = len(ends) - n
+    busy = sum(compute[w:])
+    log = link.stats.log[w:] if link is not None else []
+    return {
+        "rank": rank,
+        "engine": engine,
+        "window_s": wall,
+        "window_steps": n,
+        "samples_per_s": n * cfg.batch_size / wall if wall > 0 else float("nan"),
+        "compute_s_per_step": busy / n,
+        "busy": busy / wall if wall > 0 else float("nan"),
+        "idle_s_per_step": sum(a for a, _ in log) / n if log else 0.0,
+        "comm_s_per_step": (link.stats.transfer_s / len(ends)) if link is not None else float("nan"),
+        "blocked_s_per_step": (link.stats.blocked_s / len(ends)) if link is not None else 0.0,
+        "recv_transfer_s_per_step": sum(b for _, b in log) / n if log else 0.0,
+        "bytes_received_per_step": (link.stats.bytes_received / len(ends)) if link is not None else 0,
+        "bytes_sent": link.stats.bytes_sent if link is not None else 0,
+        "bytes_sent_per_step": (link.stats.bytes_sent / len(ends)) if link is not None else 0,
+        "peak_mem_mb": peak_memory_mb(device),
+        "steps": len(ends),
+    }
+
+
+# -- BP over torch.distributed.pipelining -------------------------------------------------------------------------
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose gradient is made contiguous: pipelining allocates the upstream receive buffer with the
+    gradient's strides, and gloo refuses non-contiguous buffers."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous()
+
+
+class _BPStage(nn.Module):
+    """Consecutive BP blocks; passes the skip features on as extra outputs when a later block reads them."""
+
+    def __init__(self, blocks: list[nn.Module], skips_out: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.skips_out = skips_out
+
+    def forward(self, *feats: torch.Tensor):
+        feats = [_ContiguousGrad.apply(f) if f.requires_grad else f for f in feats]
+        for b in self.blocks:
+            feats.append(b(feats))
+        # gloo sends only contiguous tensors
+        return tuple(f.contiguous() for f in feats) if self.skips_out else feats[-1].contiguous()
+
+
+class _Params:
+    """Duck-typed `param_groups()` holder so zoo.train.build_optimizers builds the stage's optimizer."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self._params = params
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        return [self._params]
+
+
+def stage_bp(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], device: torch.device) -> dict[str, Any]:
+    """Train this stage's BP blocks with ScheduleGPipe / Schedule1F1B over the same partition."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    model = build_model(cfg, "bp")
+    mine = stage_slices(sizes)[rank]
+    first, last = rank == 0, rank == world - 1
+    skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
+    mod = _BPStage([model.blocks[k] for k in mine], skips_out).to(device).train()
+    head = model.blocks[-1].head.to(device) if last else None
+    params = [p for p in mod.parameters() if p.requires_grad]  # the last block's task head included
+    del model
+    (opt,), (lr,) = build_optimizers(_Params(params), replace(cfg.train, per_block=False), cfg.steps)
+    sent = [0]
+    if not last:
+        mod.register_forward_hook(lambda m, a, o: sent.__setitem__(0, _out_bytes(o)))
+
+    def loss_fn(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return head.loss(h, y)[0]
+
+    stage = PipelineStage(mod, rank, world, device)
+    kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.engine]
+    # every stage needs the loss_fn (only the last calls it): without one a schedule runs forward only
+    schedule = kind(stage, n_microbatches=cfg.micro_batches, loss_fn=loss_fn)
+    compute, ends = [], []
+    for t, (x, y) in enumerate(batches(cfg)):
+        _fault(cfg, rank, t)
+        c0 = time.process_time()
+        opt.zero_grad(set_to_none=True)
+        if first and cfg.task == "seg" and skips_out:
+            x = x.requires_grad_(True)  # x travels on as a skip feature; pipelining sends gradients for every output
+        if first:
+            schedule.step(x.to(device))
+        elif last:
+            schedule.step(target=y.to(device), losses=[])
+        else:
+            schedule.step()
+        opt.step()
+        lr.step()
+        # one thread per stage: process CPU time is the busy time (gloo's transport threads add a little)
+        compute.append(time.process_time() - c0)
+        ends.append(time.perf_counter())
+    stats = _stage_stats(cfg, rank, world, cfg.engine, compute, ends, None, device)
+    per_step = 2 * sent[0] * cfg.micro_batches  # activations forward, the same bytes of gradients back
+    stats.update(bytes_sent=per_step * len(ends), bytes_sent_per_step=per_step, comm_s_per_step=float("nan"))
+    return stats
+
+
+def _out_bytes(o) -> int:
+    ts = o if isinstance(o, tuple) else (o,)
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+# -- single-process references -----------------------------------------------------------------------------------
+def run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
+    """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks); returns speed and model."""
+    cfg = cfg.resolved()
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    model = build_model(cfg, method)
+    trainer = Trainer(model, cfg.train, cfg.steps, device)
+    ends, compute = [], []
+    for x, y in batches(cfg):
+        t0 = time.perf_counter()
+        trainer.train_step(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute.append(time.perf_counter() - t0)
+        ends.append(time.perf_counter())
+    stats = _stage_stats(cfg, 0, 1, f"{method}-single", compute, ends, None, device)
+    stats.update(comm_s_per_step=0.0)
+    return {"stats": stats, "model": model, "trainer": trainer}
+
+
+def pack(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

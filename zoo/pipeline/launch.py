@@ -1,0 +1,412 @@
+"""Start one process per stage: under `torchrun` (any number of machines) or by spawning `stages` local processes.
+
+Every stage connects to the rendezvous TCPStore (torchrun's agent store, or one the `--stages` launcher hosts on a
+free port), joins the process group (gloo on CPU, NCCL on GPU) and starts its watchdog. Stage 0 decides the
+partition (given, or profiled and balanced) and publishes it; at the end it gathers every stage's weights, optimizer
+state and statistics, rebuilds the full model and writes the checkpoint and the result file. The `--stages`
+launcher watches its children: one that fails or dies makes the others stop within seconds, naming it; Ctrl-C stops
+them all. No result is returned or written unless every stage finished.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..decoupled import DecoupledModel
+from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
+from .engine import ENGINES, PipelineConfig, build_model, data_pool, pack, stage_bp, stage_decoupled, unpack
+from .partition import Partition, partition_units, profile_units
+
+__all__ = ["PipelineError", "LaunchError", "PipelineResult", "launch", "in_torchrun", "check_config"]
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names the stage and the cause."""
+
+
+class LaunchError(ValueError):
+    """The launch itself is wrong (stages vs blocks, world size, port)."""
+
+
+@dataclass
+class PipelineResult:
+    """What a finished pipelined run gives back (on the launcher, or on stage 0 under torchrun)."""
+
+    model: DecoupledModel
+    stages: list[dict[str, Any]]  # per-stage statistics
+    partition: list[int]
+    predicted_s: list[float] | None  # the partitioner's predicted per-stage step time (None if given)
+    profile: list[dict[str, Any]] | None
+    trainer_state: dict[str, Any]
+    config: PipelineConfig
+
+    @property
+    def samples_per_s(self) -> float:
+        return min(s["samples_per_s"] for s in self.stages)  # each stage's steady rate; the slowest is delivered
+
+
+def in_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def check_config(cfg: PipelineConfig, world: int | None = None, model: DecoupledModel | None = None) -> None:
+    """One clear error per wrong launch."""
+    if cfg.engine not in ENGINES:
+        raise LaunchError(f"unknown engine {cfg.engine!r}; valid choices: {', '.join(ENGINES)}")
+    if world is not None and cfg.stages is not None and cfg.stages != world:
+        raise LaunchError(
+            f"--stages {cfg.stages} does not match the world size {world} torchrun started; "
+            f"use --nproc-per-node {cfg.stages} (times the number of nodes) or drop --stages"
+        )
+    stages = cfg.stages if world is None else world
+    if stages is None or stages < 1:
+        raise LaunchError(f"the number of stages must be at least 1, got {stages}")
+    if cfg.steps <= cfg.warmup_steps:
+        raise LaunchError(f"steps ({cfg.steps}) must exceed warmup_steps ({cfg.warmup_steps})")
+    if model is not None:
+        n = model.num_blocks
+        if stages > n:
+            raise LaunchError(
+                f"{stages} stages need at least {stages} blocks, but {cfg.model} has {n}; use at most {n} stages "
+                f"(or build it with more blocks, --num-blocks)"
+            )
+        if cfg.partition is not None and (
+            len(cfg.partition) != stages or sum(cfg.partition) != n or min(cfg.partition) < 1
+        ):
+            raise LaunchError(
+                f"partition {cfg.partition} must give {stages} stages at least one block each, {n} in all"
+            )
+    if cfg.engine != "deinforeg" and cfg.micro_batches > cfg.batch_size:
+        raise LaunchError(f"micro_batches={cfg.micro_batches} exceeds batch_size={cfg.batch_size}")
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise LaunchError(
+                    f"port {port} on {host} is already in use; pick another --port or leave it out"
+                ) from None
+            raise LaunchError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _log(cfg: PipelineConfig, rank: int, msg: str) -> None:
+    if cfg.verbose:
+        print(f"[stage {rank}] {msg}", flush=True)
+
+
+# -- one stage ---------------------------------------------------------------------------------------------------
+def _decide_partition(cfg: PipelineConfig, store: dist.Store, rank: int, world: int, wd: Watchdog) -> dict:
+    if rank != 0:
+        t0 = time.monotonic()
+        while not store.check(["partition"]):
+            if wd.failure is not None:
+                raise PeerFailure(wd.failure)
+            if time.monotonic() - t0 > cfg.timeout_s * 3:
+                raise TimeoutError(f"stage {rank}: stage 0 published no partition within {cfg.timeout_s * 3:.0f} s")
+            time.sleep(0.05)
+        return json.loads(store.get("partition"))
+    model = build_model(cfg)
+    check_config(cfg, None, model)
+    if cfg.partition is not None:
+        info = {"sizes": list(cfg.partition), "predicted_s": None, "profile": None}
+    else:
+        x, y = data_pool(replace(cfg, pool_batches=1))[0]
+        dev = _device(cfg)
+        profiles = profile_units(model.to(dev), x.to(dev), y.to(dev), cfg.train, repeats=cfg.profile_repeats)
+        part: Partition = partition_units(profiles, world)
+        info = {"sizes": part.sizes, "predicted_s": part.predicted_s, "profile": [p.to_dict() for p in profiles]}
+        _log(cfg, 0, "partition (profiled: forward + local loss + backward + step per block)\n" + part.describe())
+    store.set("partition", json.dumps(info))
+    return info
+
+
+def _device(cfg: PipelineConfig) -> torch.device:
+    if cfg.device.startswith("cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(cfg.device)
+
+
+def _stage_main(
+    cfg: PipelineConfig,
+    rank: int,
+    world: int,
+    host: str,
+    port: int,
+    prefix: str,
+    host_store: bool,
+    result_path: str | None,
+) -> PipelineResult | None:
+    torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    client = connect_store(host, port, cfg.timeout_s, is_master=host_store)
+    store = dist.PrefixStore(prefix, client)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        store=dist.PrefixStore("pg", store),
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=cfg.timeout_s),
+    )
+    wd = Watchdog(host, port, prefix, rank, world, dead_after_s=cfg.dead_after_s)
+    wd.start()
+    try:
+        info = _decide_partition(cfg, store, rank, world, wd)
+        sizes = info["sizes"]
+        link = Link(rank, wd, device, cfg.timeout_s, cfg.max_in_flight)
+        if cfg.engine == "deinforeg":
+            out = stage_decoupled(cfg, rank, world, sizes, link)
+        else:
+            out = stage_bp(cfg, rank, world, sizes, device)
+        _log(cfg, rank, f"done: {out['compute_s_per_step'] * 1e3:.1f} ms compute/step, busy {out['busy']:.0%}")
+        if rank != 0:
+            link.send_blob(0, pack(out))
+            store.set(f"done/{rank}", "1")
+            return None
+        outs = [out] + [unpack(link.recv_blob(r)) for r in range(1, world)]
+        result = _assemble(cfg, outs, info)
+        if result_path:
+            tmp = f"{result_path}.tmp"
+            state = {"stages": result.stages, "info": info, "model": result.model.state_dict()}
+            torch.save(state | {"trainer_state": result.trainer_state}, tmp)
+            os.replace(tmp, result_path)
+        store.set("done/0", "1")
+        if host_store:  # others still talk to the store this process hosts: wait for them to finish
+            t0 = time.monotonic()
+            while not all(store.check([f"done/{r}"]) for r in range(world)) and time.monotonic() - t0 < 30:
+                time.sleep(0.05)
+        return result
+    finally:
+        wd.stop()
+
+
+def _assemble(cfg: PipelineConfig, outs: list[dict[str, Any]], info: dict) -> PipelineResult:
+    model = build_model(cfg, "bp" if cfg.engine != "deinforeg" else None)
+    opt_states, sched_states = {}, {}
+    for o in outs:
+        for k, sd in o.pop("state", {}).items():
+            model.blocks[k].load_state_dict(sd)
+        opt_states.update(o.pop("optimizers", {}))
+        sched_states.update(o.pop("schedulers", {}))
+    n = model.num_blocks
+    trainer_state = {
+        "optimizers": [opt_states[k] for k in range(n)] if len(opt_states) == n else [],
+        "schedulers": [sched_states[k] for k in range(n)] if len(sched_states) == n else [],
+        "step": cfg.steps,
+        "epoch": 0,
+        "rng": {},
+    }
+    result = PipelineResult(model, outs, info["sizes"], info["predicted_s"], info["profile"], trainer_state, cfg)
+    if cfg.checkpoint and cfg.engine == "deinforeg":
+        from ..checkpoints import save_checkpoint
+
+        meta = {"pipeline": {"stages": len(outs), "partition": info["sizes"], "steps": cfg.steps}}
+        save_checkpoint(model, cfg.checkpoint, metadata=meta, trainer_state=trainer_state)
+    return result
+
+
+def _run_stage_process(cfg, rank, world, host, port, prefix, result_path) -> None:
+    """Entry of a spawned stage: the launcher handles Ctrl-C, so the stage ignores SIGINT and exits with a code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = _guarded(cfg, rank, world, host, port, prefix, False, result_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _guarded(cfg, rank, world, host, port, prefix, host_store, result_path) -> int:
+    """Run a stage; report its own failure to the others; return the exit code."""
+    try:
+        _stage_main(cfg, rank, world, host, port, prefix, host_store, result_path)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 0
+    except PeerFailure as e:
+        if isinstance(e, PeerLost):
+            _report(host, port, prefix, str(e))
+        print(f"[stage {rank}] stopping: {e}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:
+        if not _is_connection_error(e):
+            return _failed(host, port, prefix, rank, e)
+        # a neighbour died inside torch.distributed.pipelining: it, or the launcher, reports the cause
+        print(f"[stage {rank}] stopping: lost a connection ({str(e).split('. This is typically')[0]})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        _report(host, port, prefix, f"stage {rank} was interrupted (Ctrl-C)")
+        print(f"[stage {rank}] interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the other stages
+        return _failed(host, port, prefix, rank, e)
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    text = str(e)
+    return "Connection closed by peer" in text or "Connection reset by peer" in text
+
+
+def _failed(host: str, port: int, prefix: str, rank: int, e: BaseException) -> int:
+    msg = f"stage {rank} failed: {type(e).__name__}: {e}"
+    _report(host, port, prefix, msg)
+    traceback.print_exc()
+    print(f"[stage {rank}] {msg}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _report(host: str, port: int, prefix: str, msg: str) -> None:
+    try:
+        report_error(dist.PrefixStore(prefix, connect_store(host, port, 5.0)), msg)
+    except Exception:  # noqa: BLE001 - the store may be gone; the watchdogs then see the silence
+        pass
+
+
+# -- launchers ---------------------------------------------------------------------------------------------------
+def launch(cfg: PipelineConfig) -> PipelineResult | None:
+    """Train `cfg` pipelined: under torchrun this process is one stage (result on stage 0, None elsewhere);
+    otherwise spawn `cfg.stages` local stage processes and return the result once every stage has finished."""
+    cfg = cfg.resolved()
+    if in_torchrun():
+        return _launch_torchrun(cfg)
+    return _launch_spawn(cfg)
+
+
+def _launch_torchrun(cfg: PipelineConfig) -> PipelineResult | None:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    check_config(cfg, world)
+    cfg = replace(cfg, stages=world)
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    prefix = f"deinforeg-pipe/{run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        result = _stage_main(cfg, rank, world, host, port, prefix, rank == 0 and not agent_store, None)
+    except PeerFailure as e:
+        raise PipelineError(f"stage {rank} stopped: {e}") from None
+    except (KeyboardInterrupt, Exception) as e:
+        _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}")
+        raise
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+def _launch_spawn(cfg: PipelineConfig) -> PipelineResult:
+    import multiprocessing as mp
+
+    check_config(cfg)
+    model = build_model(cfg)
+    check_config(cfg, None, model)
+    del model
+    world = int(cfg.stages)
+    if cfg.port is not None:
+        _check_port(cfg.host, cfg.port)
+    store = connect_store(cfg.host, cfg.port or 0, cfg.timeout_s, is_master=True)
+    port = store.port
+    prefix = f"deinforeg-pipe/{uuid.uuid4().hex[:12]}"
+    pstore = dist.PrefixStore(prefix, store)
+    env = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="deinforeg-pipe-") as tmp:
+        result_path = str(Path(tmp) / "result.pt")
+        procs = [
+            ctx.Process(target=_run_stage_process, args=(cfg, r, world, cfg.host, port, prefix, result_path))
+            for r in range(world)
+        ]
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        try:
+            _monitor(procs, pstore)
+        except KeyboardInterrupt:
+            report_error(pstore, "interrupted by the user (Ctrl-C)")
+            _stop_all(procs, 10.0)
+            print("pipeline: interrupted; every stage stopped", file=sys.stderr, flush=True)
+            raise
+        if not os.path.exists(result_path):
+            raise PipelineError("every stage exited cleanly but stage 0 wrote no result")
+        saved_result = torch.load(result_path, map_location="cpu", weights_only=False)
+    model = build_model(cfg, "bp" if cfg.engine != "deinforeg" else None)
+    model.load_state_dict(saved_result["model"])
+    info = saved_result["info"]
+    return PipelineResult(
+        model,
+        saved_result["stages"],
+        info["sizes"],
+        info["predicted_s"],
+        info["profile"],
+        saved_result["trainer_state"],
+        cfg,
+    )
+
+
+def _monitor(procs: list, store: dist.Store, poll_s: float = 0.1, stop_within_s: float = 25.0) -> None:
+    """Wait for every stage; on the first failure make the rest stop and raise PipelineError naming it."""
+    while True:
+        codes = [p.exitcode for p in procs]
+        if all(c == 0 for c in codes):
+            return
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        bad = min(failed, key=lambda r: (codes[r] > 0, r)) if failed else None  # a killed stage first
+        err = first_error(store)
+        if bad is not None or err is not None:
+            if err is None:
+                time.sleep(0.5)  # the stage may have reported its cause just before exiting
+                err = first_error(store)
+            if err is None:
+                err = f"stage {bad} {_describe_exit(codes[bad])}"
+                report_error(store, err)
+            _stop_all(procs, stop_within_s)
+            summary = ", ".join(f"stage {r} {_describe_exit(p.exitcode)}" for r, p in enumerate(procs))
+            raise PipelineError(f"pipeline failed: {err} ({summary})")
+        time.sleep(poll_s)
+
+
+def _stop_all(procs: list, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=3)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=3)

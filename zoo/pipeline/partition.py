@@ -1,0 +1,195 @@
+"""Profile each block's training step and split the blocks into stages that minimise the slowest stage.
+
+A unit is one block of a DecoupledModel (body + local head): its cost is forward + local loss + backward +
+optimizer step at the run's batch size, its memory the parameters, optimizer state and the activations autograd
+saves, its link cost the bytes it hands to the next block. Stages are contiguous runs of units; the split minimises
+the slowest stage's time (compute + sending its output over the link), not the number of layers per stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from ..decoupled import DecoupledModel
+from ..train import TrainConfig, build_optimizers
+
+__all__ = ["UnitProfile", "Partition", "profile_units", "partition_units", "balanced_split", "stage_slices"]
+
+
+@dataclass
+class UnitProfile:
+    """Measured cost of one block at one batch size."""
+
+    seconds: float  # forward + loss + backward + optimizer step (median)
+    param_bytes: int
+    activation_bytes: int  # saved for backward during one step
+    out_bytes: int  # what the next block receives (activation, plus skip features when a later block reads them)
+    head_seconds: float = 0.0  # the local head's share of `seconds` (forward + loss + backward)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Partition:
+    """Blocks per stage, and the predicted time of each stage's step."""
+
+    sizes: list[int]
+    predicted_s: list[float]
+    memory_bytes: list[int]
+
+    @property
+    def bottleneck_s(self) -> float:
+        return max(self.predicted_s)
+
+    def describe(self) -> str:
+        parts, start = [], 0
+        for k, (n, t, m) in enumerate(zip(self.sizes, self.predicted_s, self.memory_bytes, strict=True)):
+            blocks = f"block {start + 1}" if n == 1 else f"blocks {start + 1}-{start + n}"
+            parts.append(f"stage {k}: {blocks}, predicted {t * 1e3:.1f} ms/step, ~{m / 2**20:.0f} MiB")
+            start += n
+        return "\n".join(parts)
+
+
+def stage_slices(sizes: Sequence[int]) -> list[range]:
+    """Block indices of each stage."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.no_grad()
+def _zero(params: list[nn.Parameter]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def profile_units(
+    model: DecoupledModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_cfg: TrainConfig | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+) -> list[UnitProfile]:
+    """Time every block's training step (with `train_cfg`'s optimizer, if given) on batch (x, y).
+
+    Runs on a deep copy, so the caller's weights and optimizer state are untouched.
+    """
+    if model.method == "bp":
+        raise ValueError("profile_units needs a model with a head per block (a decoupled method), not 'bp'")
+    model = copy.deepcopy(model).train()
+    optimizers = build_optimizers(model, replace(train_cfg, per_block=True), 1000)[0] if train_cfg else None
+    feats = [x]
+    later_skips = [any(b.takes_skips for b in model.blocks[k + 1 :]) for k in range(model.num_blocks)]
+    out: list[UnitProfile] = []
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for k, block in enumerate(model.blocks):
+        params = [p for p in block.parameters() if p.requires_grad]
+        inputs = [f.detach() for f in feats]
+        saved = [0]
+
+        def pack(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        times = []
+        for r in range(warmup + repeats):
+            saved[0] = 0
+            sync()
+            t0 = time.perf_counter()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                h = block(inputs)
+                loss = block.head.loss(h, y)[0]
+            loss.backward()
+            if optimizers is not None:
+                optimizers[k].step()
+            _zero(params)
+            sync()
+            if r >= warmup:
+                times.append(time.perf_counter() - t0)
+        feats.append(h.detach())
+        hd = h.detach().requires_grad_()
+        head_times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            block.head.loss(hd, y)[0].backward()
+            sync()
+            head_times.append(time.perf_counter() - t0)
+        _zero(params)
+        state = 0
+        if optimizers is not None:
+            state = sum(_bytes(v for v in st.values() if torch.is_tensor(v)) for st in optimizers[k].state.values())
+        sent = [x, *feats[1:]] if later_skips[k] else [h]
+        out.append(
+            UnitProfile(
+                seconds=statistics.median(times),
+                param_bytes=2 * _bytes(params) + state,  # weights + gradients + optimizer state
+                activation_bytes=saved[0],
+                out_bytes=_bytes(sent),
+                head_seconds=statistics.median(head_times),
+            )
+        )
+    return out
+
+
+def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | None = None) -> list[int]:
+    """Contiguous split of `costs` into `stages` groups minimising the largest group cost.
+
+    `link[i]` is the time to hand unit i's output to the next stage, charged to a stage that ends at unit i.
+    Dynamic programming over (units, stages); ties prefer the earlier cut.
+    """
+    n = len(costs)
+    if not 1 <= stages <= n:
+        raise ValueError(f"cannot split {n} blocks into {stages} stages (each stage needs at least one block)")
+    link = list(link) if link is not None else [0.0] * n
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+
+    def group(i: int, j: int) -> float:  # units i..j-1, ending at j-1 (no link cost after the last unit)
+        return prefix[j] - prefix[i] + (link[j - 1] if j < n else 0.0)
+
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, stages + 1):
+        for j in range(s, n + 1):
+            for i in range(s - 1, j):
+                v = max(best[s - 1][i], group(i, j))
+                if v < best[s][j] - 1e-12:
+                    best[s][j], cut[s][j] = v, i
+    sizes, j = [], n
+    for s in range(stages, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    return sizes[::-1]
+
+
+def partition_units(profiles: Sequence[UnitProfile], stages: int, bandwidth_bytes_s: float | None = None) -> Partition:
+    """Split profiled units into `stages` stages; `bandwidth_bytes_s` charges each stage for sending its output."""
+    costs = [p.seconds for p in profiles]
+    link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
+    sizes = balanced_split(costs, stages, link)
+    pred, mem = [], []
+    for k, r in enumerate(stage_slices(sizes)):
+        t = sum(costs[i] for i in r) + (link[r[-1]] if k < stages - 1 else 0.0)
+        pred.append(t)
+        mem.append(sum(profiles[i].param_bytes + profiles[i].activation_bytes for i in r))
+    return Partition(sizes, pred, mem)
