@@ -162,7 +162,7 @@ class Trainer:
         heads = [k for k, b in enumerate(self.model.blocks) if b.head is not None]
         for k, loss in zip(heads, out.losses):
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(k, self.model.method, self.step, float(loss))
+                raise NonFiniteLossError(k, self.model.method, self.step, float(loss.detach()))
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         # graphs of different blocks are disjoint, so one summed backward gives each block its own gradient
