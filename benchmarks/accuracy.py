@@ -1,0 +1,188 @@
+"""Accuracy bench: train each method on the same backbone, data and budget; compare on the test split.
+
+Build (one run per model × method × seed × noise rate) → run (`_runner.train_one`) → rows (mean ± std over seeds,
+one row per model × method × noise rate) → `leaderboards/accuracy_<task>_<dataset>.csv`. The reported metric is the
+test metric of the exit chosen on validation; each block's test metric, the adaptive exit's metric and mean depth,
+median step time, samples/s and peak memory come with it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._runner import RunSpec, train_one
+from .config import RunConfig
+from .results import append_rows
+
+__all__ = ["COLUMNS", "run", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
+
+COLUMNS = (
+    "bench",
+    "task",
+    "model",
+    "arch",
+    "model_kwargs",
+    "img_size",
+    "method",
+    "num_blocks",
+    "dataset",
+    "train_size",
+    "epochs",
+    "batch_size",
+    "noise_kind",
+    "noise_rate",
+    "seeds",
+    "metric",
+    "metric_mean",
+    "metric_std",
+    "metric_per_seed",
+    "best_block",
+    "per_block_mean",
+    "adaptive_mean",
+    "adaptive_depth",
+    "params",
+    "step_ms",
+    "samples_per_s",
+    "peak_mem_mb",
+    "mem_kind",
+    "device",
+    "torch",
+    "commit",
+    "date",
+    "run_id",
+)
+
+
+def leaderboard_path(cfg: RunConfig, bench: str | None = None) -> Path:
+    return Path(cfg.leaderboard_dir) / f"{bench or cfg.bench}_{cfg.task}_{cfg.dataset}.csv"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def _join(values: Sequence[Any], fmt: str = "{:.2f}") -> str:
+    return ";".join("-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v)) for v in values)
+
+
+def train_grid(cfg: RunConfig, run_dir: Path, run_id: str, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every (model, noise rate, seed, method) run, methods side by side; results in grid order."""
+    specs = [
+        RunSpec(m, meth, s, r) for m in cfg.model for r in cfg.noise_rates for s in cfg.seeds for meth in cfg.methods
+    ]
+    results = []
+    for i, spec in enumerate(specs):
+        position = f"[{i + 1}/{len(specs)}] "
+        res = train_one(cfg, spec, run_dir / "runs" / spec.key, group=run_id, log=log, position=position)
+        blocks = " ".join("-" if v is None else f"{v:.1f}" for v in res["per_block"])
+        log(
+            f"{position}{spec.key}: test {res['metric_name']} {res['metric']:.2f} (block {res['best_block']} chosen "
+            f"on val) | per block {blocks} | {res['step_ms']:.0f} ms/step | peak {res['peak_mem_mb']:.0f} MB"
+        )
+        results.append(res)
+    return results
+
+
+def rows_from_results(
+    cfg: RunConfig, results: list[dict[str, Any]], env: dict[str, str], run_id: str, bench: str
+) -> list[dict[str, Any]]:
+    """One row per (model, method, noise rate): mean ± std over seeds, per-seed values kept for paired diffs."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["method"], r["noise_rate"]), []).append(r)
+    rows = []
+    for (model, method, rate), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        mean, std = _mean_std([r["metric"] for r in rs])
+        nb = len(rs[0]["per_block"])
+        per_block = [_mean_std([r["per_block"][k] for r in rs])[0] if rs[0]["per_block"][k] is not None else None
+                     for k in range(nb)]  # fmt: skip
+        ada = [r["adaptive"] for r in rs if r["adaptive"] is not None]
+        depth = [r["adaptive_depth"] for r in rs if r["adaptive_depth"] is not None]
+        rows.append(
+            {
+                "bench": bench,
+                "task": cfg.task,
+                "model": model,
+                "arch": (cfg.arch or "unet") if cfg.task == "seg" else "",
+                "model_kwargs": ";".join(f"{k}={v}" for k, v in sorted(cfg.model_kwargs.items())),
+                "img_size": cfg.img_size or "",
+                "method": method,
+                "num_blocks": rs[0]["num_blocks"],
+                "dataset": cfg.dataset,
+                "train_size": rs[0]["train_size"],
+                "epochs": cfg.epochs,
+                "batch_size": cfg.batch_size,
+                "noise_kind": cfg.noise_kind,
+                "noise_rate": float(rate),
+                "seeds": _join([r["seed"] for r in rs]),
+                "metric": rs[0]["metric_name"],
+                "metric_mean": mean,
+                "metric_std": std,
+                "metric_per_seed": _join([r["metric"] for r in rs], "{:.4f}"),
+                "best_block": _join([r["best_block"] for r in rs]),
+                "per_block_mean": _join(per_block),
+                "adaptive_mean": statistics.fmean(ada) if ada else None,
+                "adaptive_depth": statistics.fmean(depth) if depth else None,
+                "params": rs[0]["params"],
+                "step_ms": statistics.fmean(r["step_ms"] for r in rs),
+                "samples_per_s": statistics.fmean(r["samples_per_s"] for r in rs),
+                "peak_mem_mb": max(r["peak_mem_mb"] for r in rs),
+                "mem_kind": rs[0]["mem_kind"],
+                **env,
+                "run_id": run_id,
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The closing table: each method next to BP on the same model and noise rate."""
+    head = ["model", "noise", "method", "metric (mean±std)", "Δ vs bp", "per block", "adaptive (depth)", "ms/step",
+            "samples/s", "peak MB"]  # fmt: skip
+    lines = [head]
+    bp = {(r["model"], r["noise_rate"]): r for r in rows if r["method"] == "bp"}
+    for r in rows:
+        base = bp.get((r["model"], r["noise_rate"]))
+        delta = "" if base is None or r["method"] == "bp" else f"{r['metric_mean'] - base['metric_mean']:+.2f}"
+        ada = "" if r["adaptive_mean"] is None else f"{r['adaptive_mean']:.2f} ({r['adaptive_depth']:.2f})"
+        per_block = " ".join(v for v in r["per_block_mean"].split(";"))
+        lines.append(
+            [
+                r["model"],
+                f"{r['noise_rate']:g}",
+                r["method"],
+                f"{r['metric']} {r['metric_mean']:.2f} ± {r['metric_std']:.2f}",
+                delta,
+                per_block,
+                ada,
+                f"{r['step_ms']:.0f}",
+                f"{r['samples_per_s']:.1f}",
+                f"{r['peak_mem_mb']:.0f}",
+            ]
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def run(
+    cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Train the grid, append its rows to the leaderboard, write rows.json in the run folder, print the table."""
+    results = train_grid(cfg, run_dir, run_id, log)
+    rows = rows_from_results(cfg, results, env, run_id, cfg.bench)
+    path = leaderboard_path(cfg)
+    append_rows(path, rows, COLUMNS)
+    (run_dir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    log(f"\n{cfg.bench} bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s)); rows appended to {path}\n")
+    log(format_table(rows))
+    return rows

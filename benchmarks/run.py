@@ -1,0 +1,210 @@
+"""`python -m benchmarks.run`: train DeInfoReg and its baselines side by side, log to W&B, append to leaderboards.
+
+    python -m benchmarks.run --model resnet50 --task seg          # Unet-ResNet50 on shapes, bp vs deinforeg
+    python -m benchmarks.run --model paper_vgg --bench noise --seeds 0,1,2 --methods bp,deinforeg,greedy,scpl
+    python -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper_vgg.yaml
+    python -m benchmarks.run --resume runs/<run id>              # continue an interrupted run
+
+Defaults < `--config` YAML < flags. The resolved config is saved as `<out>/<run id>/config.yaml`. Exit codes: 0 done,
+1 a run failed (non-finite loss), 2 bad flags or values, 130 interrupted (a checkpoint was saved; use --resume).
+The default budget (digits: 3 epochs; shapes at 32×32, 128 train images, 2 epochs) takes a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import BENCHES, METHODS, NOISE_KINDS, OPTIMIZERS, TASKS, WANDB_MODES, ConfigError, load_yaml, resolve
+
+__all__ = ["build_parser", "main", "config_from_args"]
+
+# a budget for the headline command (`--model resnet50 --task seg`) that runs in minutes on a 2-core CPU
+SEG_DEFAULTS = {"img_size": 32, "train_size": 128, "eval_size": 64}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS  # only flags the user gives override the YAML file and the defaults
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Train decoupled methods and backprop side by side; write a run folder, W&B logs and "
+        "leaderboard rows.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=S,
+        epilog="Exit codes: 0 done, 1 a run failed (non-finite loss), 2 bad flags/values, 130 interrupted "
+        "(checkpoint saved; continue with --resume RUN_DIR). Offline W&B runs: `wandb sync RUN_DIR/runs/*/wandb/"
+        "offline-run-*`.",
+    )
+    a = p.add_argument
+    a("--config", metavar="YAML", help="YAML file of defaults (keys are the long flag names); flags override it")
+    a("--model", metavar="NAMES", help="model name(s), comma-separated, wildcards allowed (default: resnet18); seg: "
+      "the SMP encoder, e.g. resnet50")  # fmt: skip
+    a("--task", choices=TASKS, help="cls (accuracy) or seg (mIoU) (default: cls)")
+    a("--arch", metavar="ARCH", help="SMP architecture for --task seg: unet, fpn, deeplabv3plus, ... (default: unet)")
+    a("--methods", metavar="LIST", help=f"comma-separated, from {','.join(METHODS)} (default: bp,deinforeg)")
+    a("--bench", choices=BENCHES, help="accuracy, noise (sweep of label-noise rates) or throughput (default: accuracy)")
+    a("--dataset", metavar="NAME", help="dataset (default: digits for cls, shapes for seg: embedded, no download)")
+    a("--data-root", metavar="DIR", help="root of real datasets (default: $DEINFOREG_DATA_ROOT or ./data)")
+    a("--noise-rates", metavar="LIST", help="comma-separated training label-noise rates in [0, 1) (default: 0; "
+      "noise bench: 0,0.2,0.4,0.6)")  # fmt: skip
+    a("--noise-kind", choices=NOISE_KINDS, help="label noise kind (default: symmetric)")
+    a("--epochs", type=int, metavar="N", help="training epochs (default: 3 for cls, 2 for seg)")
+    a("--batch-size", type=int, metavar="N", help="batch size (default: 64 for cls, 16 for seg)")
+    a("--seeds", metavar="LIST", help="comma-separated seeds; rows report mean ± std over them (default: 0)")
+    a("--num-blocks", type=int, metavar="K", help="merge the model's stages into K blocks (default: natural stages)")
+    a("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    a("--wandb", choices=WANDB_MODES, help="W&B mode; offline needs no account (default: offline)")
+    a("--wandb-project", metavar="NAME", help="W&B project (default: deinforeg-zoo)")
+    a("--out", metavar="DIR", help="parent folder of run folders (default: runs)")
+    a("--resume", metavar="RUN_DIR", help="continue an interrupted run folder with its saved config")
+    a("--leaderboard-dir", metavar="DIR", help="where leaderboard CSVs are appended (default: leaderboards)")
+    a("--img-size", type=int, metavar="PX", help="input resolution (default: the dataset's; 32 for seg's budget)")
+    a("--train-size", type=int, metavar="N", help="train on only N images (default: all; seg: 128)")
+    a("--eval-size", type=int, metavar="N", help="validate and test on only N images each (default: all; seg: 64)")
+    a("--model-kwargs", metavar="K=V,...", help="extra zoo.create_model arguments, e.g. width=0.25,projector=flatten")
+    a("--optimizer", choices=OPTIMIZERS, help="optimizer (default: adamw)")
+    a("--lr", type=float, metavar="LR", help="peak learning rate, cosine decay (default: 0.002)")
+    a("--weight-decay", type=float, metavar="WD", help="weight decay (default: 0.0005)")
+    a("--train-aug", action="store_true", help="use the dataset's training augmentation (default: off)")
+    a("--no-bn-recalib", dest="bn_recalib", action="store_false", help="evaluate with BatchNorm running statistics "
+      "as trained (default: recompute them on the train images before each evaluation, all methods)")  # fmt: skip
+    a("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    a("--steps", type=int, metavar="N", help="throughput: timed steps per method (default: 20)")
+    a("--warmup", type=int, metavar="N", help="throughput: untimed steps first (default: 3)")
+    a("--stages", type=int, metavar="S", help="throughput: pipeline stages; S > 1 runs the multi-device pipeline "
+      "bench (default: 1)")  # fmt: skip
+    a("--micro-batches", type=int, metavar="M", help="throughput with --stages > 1: micro-batches (default: 4)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    a("--no-checkpoint", dest="checkpoint", action="store_false", help="no per-epoch checkpoints (final one only)")
+    a("--interrupt-after-steps", type=int, help=S)  # testing: acts like Ctrl-C after N steps
+    return p
+
+
+def _explicit(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if k not in ("config", "resume")}
+
+
+def config_from_args(argv: Sequence[str] | None = None):
+    """Parse flags, merge with the YAML file and the defaults, validate; returns (RunConfig, resume dir or None)."""
+    ns = build_parser().parse_args(argv)
+    flags = _explicit(ns)
+    resume = getattr(ns, "resume", None)
+    if resume:
+        path = Path(resume) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: no config.yaml there; give the folder of an earlier run")
+        values = load_yaml(path)
+        values["interrupt_after_steps"] = None
+        # only how to run may change on resume, never what is trained
+        for k in ("wandb", "progress", "device", "threads", "interrupt_after_steps"):
+            if k in flags:
+                values[k] = flags[k]
+        return resolve(values), Path(resume)
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update(load_yaml(ns.config))
+        values["config"] = ns.config
+    values.update(flags)
+    if values.get("task", "cls") == "seg" and values.get("dataset") in (None, "shapes"):
+        for k, v in SEG_DEFAULTS.items():
+            values.setdefault(k, v)
+    return resolve(values), None
+
+
+class _Log:
+    """print() that also appends to the run's log.txt."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        print(msg, flush=True)
+        try:
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+        except OSError:
+            pass
+
+
+def _new_run_id(cfg) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.bench}-{cfg.task}-{cfg.dataset}-{uuid.uuid4().hex[:6]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, resume = config_from_args(argv)
+    except ConfigError as e:
+        print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
+        return 2
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    if resume is not None:
+        run_dir, run_id = resume, resume.name
+    else:
+        run_id = _new_run_id(cfg)
+        run_dir = Path(cfg.out) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = _Log(run_dir / "log.txt")
+    log(f"run {run_id} → {run_dir}" + (" (resumed)" if resume else ""))
+    what = f"{cfg.bench}: models {', '.join(cfg.model)} | methods {', '.join(cfg.methods)} | {cfg.task} on "
+    log(what + f"{cfg.dataset} | seeds {cfg.seeds} | epochs {cfg.epochs} | batch {cfg.batch_size} | W&B {cfg.wandb}")
+    if cfg.wandb == "offline":
+        os.environ.setdefault("WANDB_SILENT", "true")
+
+    from . import _runner, accuracy, noise, throughput
+    from .results import environment
+
+    _runner.install_sigint()
+    env = environment(_runner.resolve_device(cfg.device))
+    bench = {"accuracy": accuracy.run, "noise": noise.run, "throughput": throughput.run}[cfg.bench]
+    try:
+        bench(cfg, run_dir, run_id, env, log)
+    except ConfigError as e:
+        log(f"python -m benchmarks.run: error: {e}")
+        return 2
+    except _runner.Interrupted as e:
+        log(f"interrupted: {e}\ncontinue with: python -m benchmarks.run --resume {run_dir}")
+        return 130
+    except _runner.RunFailed as e:
+        log(f"run failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log(f"stopped at once (second Ctrl-C); the last per-epoch checkpoint stays. Resume: --resume {run_dir}")
+        return 130
+    except Exception as e:
+        import datasets
+
+        if isinstance(e, datasets.DatasetError | ValueError) and _is_user_error(e):
+            log(f"python -m benchmarks.run: error: {e}")
+            return 2
+        raise
+    if cfg.wandb == "offline":
+        wb = f"{run_dir}/runs/*/wandb"
+        log(f"W&B offline runs are in {wb}; upload with `wandb sync {wb}/offline-run-*`")
+    log(f"done: {run_dir}")
+    return 0
+
+
+def _is_user_error(e: Exception) -> bool:
+    import datasets
+
+    if isinstance(e, datasets.DatasetError):
+        return True
+    text = str(e)
+    return any(s in text for s in ("valid choices", "not possible", "is not", "unknown", "noise rate"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""`python -m leaderboards.render`: turn the leaderboard CSVs into README tables and PNG plots.
+
+Never edit the CSVs by hand: the harness appends them. For each setup (model, its kwargs, input size, dataset,
+budget) and noise rate the latest row per method wins. Tables put each method beside BP: the difference is the mean
+over seeds of the paired per-seed difference (same seed, same data order and noise draw), ± its standard deviation.
+Plots: metric vs noise rate per method, test metric per block, step time and peak memory per method.
+The README keeps everything outside the generated markers as written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["load_board", "render", "main", "paired_diff", "BEGIN", "END"]
+
+BEGIN = "<!-- BEGIN GENERATED (python -m leaderboards.render) -->"
+END = "<!-- END GENERATED -->"
+SETUP_KEYS = (
+    "model",
+    "arch",
+    "model_kwargs",
+    "img_size",
+    "dataset",
+    "train_size",
+    "epochs",
+    "batch_size",
+    "num_blocks",
+)
+METHOD_ORDER = ("bp", "deinforeg", "greedy", "scpl")
+COLORS = {"bp": "#444444", "deinforeg": "#d62728", "greedy": "#1f77b4", "scpl": "#2ca02c"}
+
+
+def load_board(path: str | Path) -> list[dict[str, str]]:
+    """Rows of one CSV, the latest per (setup, method, noise kind, noise rate)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    latest: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        key = tuple(r.get(k, "") for k in SETUP_KEYS + ("method", "noise_kind", "noise_rate", "stages"))
+        latest[key] = r
+    return list(latest.values())
+
+
+def _f(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "", "-") else None
+    except ValueError:
+        return None
+
+
+def _method_key(m: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def setup_name(r: dict[str, str]) -> str:
+    name = r["model"] if r.get("task") != "seg" else f"{r.get('arch') or 'unet'}-{r['model']}"
+    extras = [r["model_kwargs"]] if r.get("model_kwargs") else []
+    if r.get("img_size"):
+        extras.append(f"{r['img_size']}px")
+    return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _per_seed(r: dict[str, str]) -> dict[str, float]:
+    seeds = (r.get("seeds") or "").split(";")
+    vals = (r.get("metric_per_seed") or "").split(";")
+    return {s: float(v) for s, v in zip(seeds, vals) if s and v not in ("", "-")}
+
+
+def paired_diff(row: dict[str, str], base: dict[str, str]) -> tuple[float, float, int] | None:
+    """Mean and std over common seeds of (row − base), and how many seeds were paired."""
+    a, b = _per_seed(row), _per_seed(base)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    d = [a[s] - b[s] for s in common]
+    return statistics.fmean(d), statistics.stdev(d) if len(d) > 1 else 0.0, len(d)
+
+
+def _group(rows: list[dict[str, str]]) -> dict[tuple, list[dict[str, str]]]:
+    groups: dict[tuple, list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k, "") for k in SETUP_KEYS), []).append(r)
+    return groups
+
+
+def _table(rows: list[dict[str, str]]) -> list[str]:
+    """Markdown table of one setup: one line per noise rate × method, each method against BP."""
+    metric = rows[0].get("metric", "metric")
+    out = [
+        f"| noise | method | test {metric} (mean ± std) | Δ vs bp (paired ± std) | chosen block | per-block {metric} "
+        "| adaptive (mean depth) | ms/step | step × bp | peak MB |",
+        "|---:|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    by_rate: dict[float, list[dict[str, str]]] = {}
+    for r in rows:
+        by_rate.setdefault(float(r["noise_rate"]), []).append(r)
+    for rate in sorted(by_rate):
+        rs = sorted(by_rate[rate], key=lambda r: _method_key(r["method"]))
+        bp = next((r for r in rs if r["method"] == "bp"), None)
+        for r in rs:
+            d = paired_diff(r, bp) if bp is not None and r is not bp else None
+            delta = "" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f}"
+            if d is not None and abs(d[0]) > max(d[1], 1e-9) * 2:
+                delta = f"**{delta}**"  # larger than twice its spread over seeds
+            step, bstep = _f(r.get("step_ms")), _f(bp.get("step_ms")) if bp else None
+            ratio = f"{step / bstep:.2f}" if step and bstep else ""
+            ada = _f(r.get("adaptive_mean"))
+            ada_s = "" if ada is None else f"{ada:.2f} ({_f(r.get('adaptive_depth')) or 0:.2f})"
+            blocks = " / ".join(b for b in (r.get("per_block_mean") or "").split(";"))
+            out.append(
+                f"| {rate:g} | {r['method']} | {float(r['metric_mean']):.2f} ± {float(r['metric_std']):.2f} | {delta} "
+                f"| {r.get('best_block', '')} | {blocks} | {ada_s} | {step or 0:.0f} | {ratio} "
+                f"| {_f(r.get('peak_mem_mb')) or 0:.0f} |"
+            )
+    return out
+
+
+def _setup_line(r: dict[str, str]) -> str:
+    return (
+        f"{r.get('dataset')} (train {r.get('train_size')} images), {r.get('epochs')} epochs, batch "
+        f"{r.get('batch_size')}, {r.get('num_blocks')} blocks, seeds {r.get('seeds', '').replace(';', ', ')}, "
+        f"{r.get('noise_kind')} noise; {r.get('device')}, torch {r.get('torch')}, commit {r.get('commit')}, "
+        f"{r.get('date', '')[:10]}"
+    )
+
+
+def _findings(rows: list[dict[str, str]]) -> list[str]:
+    """Plain sentences: where DeInfoReg wins or loses against BP (differences beyond 2 std of the paired diff)."""
+    lines = []
+    for _, rs in _group(rows).items():
+        bp = {float(r["noise_rate"]): r for r in rs if r["method"] == "bp"}
+        wins, losses, ties = [], [], []
+        for r in rs:
+            rate = float(r["noise_rate"])
+            if r["method"] != "deinforeg" or rate not in bp:
+                continue
+            d = paired_diff(r, bp[rate])
+            if d is None:
+                continue
+            label = f"noise {rate:g}: {d[0]:+.2f}"
+            (wins if d[0] > 2 * d[1] else losses if d[0] < -2 * d[1] else ties).append(label)
+        if wins or losses or ties:
+            parts = []
+            for name, items in (("wins", wins), ("loses", losses), ("within 2 std", ties)):
+                if items:
+                    parts.append(f"{name} at {', '.join(items)}")
+            lines.append(f"- {setup_name(rs[0])}: DeInfoReg vs BP {'; '.join(parts)}.")
+    return lines
+
+
+def _plot_noise(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
+    setups = [rs for rs in groups.values() if len({r["noise_rate"] for r in rs}) > 1]
+    if not setups:
+        return None
+    n = len(setups)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    for ax, rs in zip(axes[0], setups):
+        for m in sorted({r["method"] for r in rs}, key=_method_key):
+            pts = sorted((float(r["noise_rate"]), float(r["metric_mean"]), float(r["metric_std"]))
+                         for r in rs if r["method"] == m)  # fmt: skip
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m, color=COLORS.get(m))
+        ax.set_title(setup_name(rs[0]), fontsize=9)
+        ax.set_xlabel("training label noise rate")
+        ax.set_ylabel(f"test {rs[0].get('metric', '')} (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_blocks(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
+    setups = list(groups.values())
+    if not setups:
+        return None
+    n = len(setups)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    for ax, rs in zip(axes[0], setups):
+        rate = min(float(r["noise_rate"]) for r in rs)
+        for r in sorted((r for r in rs if float(r["noise_rate"]) == rate), key=lambda r: _method_key(r["method"])):
+            vals = [_f(v) for v in (r.get("per_block_mean") or "").split(";")]
+            pts = [(k + 1, v) for k, v in enumerate(vals) if v is not None]
+            if not pts:
+                continue
+            x, y = zip(*pts)
+            style = dict(marker="s", markersize=8, linestyle="none") if len(pts) == 1 else dict(marker="o")
+            ax.plot(x, y, label=r["method"], color=COLORS.get(r["method"]), **style)
+        ax.set_title(f"{setup_name(rs[0])}, noise {rate:g}", fontsize=9)
+        ax.set_xlabel("block (exit)")
+        ax.set_ylabel(f"test {rs[0].get('metric', '')} (%)")
+        ax.set_xticks(range(1, int(rs[0].get("num_blocks") or 1) + 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_cost(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
+    setups = list(groups.values())
+    if not setups:
+        return None
+    n = len(setups)
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.6), squeeze=False)
+    for j, rs in enumerate(setups):
+        rate = min(float(r["noise_rate"]) for r in rs) if "noise_rate" in rs[0] else None
+        rs = [r for r in rs if rate is None or float(r["noise_rate"]) == rate]
+        rs.sort(key=lambda r: _method_key(r["method"]))
+        names = [r["method"] for r in rs]
+        colors = [COLORS.get(m, "#888888") for m in names]
+        for i, (col, label) in enumerate((("step_ms", "ms / training step"), ("peak_mem_mb", "peak memory (MB)"))):
+            ax = axes[i][j]
+            ax.bar(names, [_f(r.get(col)) or 0 for r in rs], color=colors)
+            ax.set_ylabel(label)
+            if i == 0:
+                ax.set_title(setup_name(rs[0]), fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"cost per method ({setups[0][0].get('mem_kind', '')}, {setups[0][0].get('device', '')})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _speed_section(path: Path) -> list[str]:
+    rows = load_board(path)
+    out = [f"### Step-time ratio ({path.name}, pytest-benchmark)", ""]
+    out += ["| model | img | batch | projector | bp ms | deinforeg ms | ratio | ratio (interleaved) | target | device "
+            "| date |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for r in rows:
+        out.append(
+            f"| {r.get('model')} | {r.get('img_size')} | {r.get('batch_size')} | {r.get('projector')} "
+            f"| {float(r['bp_ms']):.1f} | {float(r['deinforeg_ms']):.1f} | {float(r['ratio']):.3f} "
+            f"| {_f(r.get('ratio_interleaved')) or 0:.3f} | ≤ {r.get('target')} | {r.get('device')} "
+            f"| {r.get('date', '')[:10]} |"
+        )
+    return out + [""]
+
+
+def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = None) -> list[Path]:
+    """Regenerate the README's generated part and every PNG; returns the files written."""
+    board_dir = Path(board_dir)
+    readme = Path(readme) if readme else board_dir / "README.md"
+    written: list[Path] = []
+    md: list[str] = [BEGIN, "", "_Generated from the CSVs in this folder; do not edit between the markers._", ""]
+    for csv_path in sorted(board_dir.glob("*.csv")):
+        stem = csv_path.stem
+        if stem.startswith("speed_"):
+            md += _speed_section(csv_path)
+            continue
+        rows = load_board(csv_path)
+        if not rows:
+            continue
+        groups = _group(rows)
+        md += [f"## {stem}", ""]
+        if stem.startswith("throughput_"):
+            md += [
+                "| setup | method | stages | ms/step | × bp | samples/s | peak MB |",
+                "|---|---|---:|---:|---:|---:|---:|",
+            ]
+            for rs in groups.values():
+                for r in sorted(rs, key=lambda r: _method_key(r["method"])):
+                    ratio = _f(r.get("ratio_vs_bp"))
+                    md.append(
+                        f"| {setup_name(r)} | {r['method']} | {r.get('stages')} | {float(r['step_ms']):.1f} "
+                        f"| {'' if ratio is None else f'{ratio:.2f}'} | {float(r['samples_per_s']):.1f} "
+                        f"| {_f(r.get('peak_mem_mb')) or 0:.0f} |"
+                    )
+            md.append("")
+            cost = _plot_cost(groups, board_dir / f"{stem}_cost.png")
+            if cost:
+                written.append(cost)
+                md += [f"![{stem} cost]({cost.name})", ""]
+            continue
+        findings = _findings(rows)
+        if findings:
+            md += ["Findings (DeInfoReg − BP, paired over seeds; a win or loss means more than 2 std apart):", ""]
+            md += findings + [""]
+        for rs in groups.values():
+            md += [f"### {setup_name(rs[0])}", "", _setup_line(rs[0]), ""] + _table(rs) + [""]
+        for suffix, fn in (("noise", _plot_noise), ("blocks", _plot_blocks), ("cost", _plot_cost)):
+            png = fn(groups, board_dir / f"{stem}_{suffix}.png")
+            if png:
+                written.append(png)
+                md += [f"![{stem} {suffix}]({png.name})", ""]
+    md.append(END)
+    text = readme.read_text() if readme.exists() else "# Leaderboards\n\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + "\n".join(md) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(md) + "\n"
+    readme.write_text(text)
+    written.append(readme)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m leaderboards.render", description=__doc__.splitlines()[0])
+    p.add_argument("--dir", default=str(Path(__file__).resolve().parent), help="folder of the leaderboard CSVs")
+    p.add_argument("--readme", default=None, help="README to update (default: DIR/README.md)")
+    args = p.parse_args(argv)
+    if not Path(args.dir).is_dir():
+        print(f"python -m leaderboards.render: error: {args.dir} is not a folder", file=sys.stderr)
+        return 2
+    for path in render(args.dir, args.readme):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

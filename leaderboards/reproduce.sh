@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Regenerate every committed leaderboard from scratch on this machine (measured on the 2-core CPU: about 30-40 minutes), then render.
+# Each config holds the exact budget; rows are appended, and the renderer keeps the latest row per setup.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+for cfg in leaderboards/configs/noise_*.yaml; do
+    echo "== $cfg"
+    "$PY" -m benchmarks.run --config "$cfg"
+done
+"$PY" -m benchmarks.run --config leaderboards/configs/throughput_cls_digits_resnet18.yaml
+"$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
+"$PY" -m leaderboards.render

@@ -1,0 +1,168 @@
+"""End-to-end smoke runs of `python -m benchmarks.run` (tiny budgets) and its bad-flag exits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.results import read_rows
+from benchmarks.run import build_parser, main
+
+TINY_CLS = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "64",
+            "--eval-size", "32", "--epochs", "1", "--batch-size", "32"]  # fmt: skip
+TINY_SEG = ["--model", "resnet18", "--task", "seg", "--img-size", "32", "--train-size", "16", "--eval-size", "8",
+            "--epochs", "1", "--batch-size", "8"]  # fmt: skip
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path
+
+
+def _run(tmp_path: Path, extra: list[str]) -> tuple[int, Path]:
+    out = tmp_path / "runs"
+    rc = main([*extra, "--out", str(out), "--leaderboard-dir", str(tmp_path / "lb"), "--no-progress"])
+    dirs = sorted(out.iterdir()) if out.exists() else []
+    return rc, (dirs[-1] if dirs else out)
+
+
+@pytest.mark.parametrize("task_args,csv_name", [(TINY_CLS, "accuracy_cls_digits.csv"),
+                                                (TINY_SEG, "accuracy_seg_shapes.csv")])  # fmt: skip
+def test_smoke_run_writes_csv_run_folder_and_wandb(wandb_env, task_args, csv_name):
+    tmp = wandb_env
+    rc, run_dir = _run(tmp, [*task_args, "--methods", "bp,deinforeg", "--wandb", "offline"])
+    assert rc == 0
+    rows = read_rows(tmp / "lb" / csv_name)
+    assert [r["method"] for r in rows] == ["bp", "deinforeg"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "log.txt").is_file()
+    saved = json.loads((run_dir / "rows.json").read_text())
+    for row, srow in zip(rows, saved):
+        key = f"{row['model']}-{row['method']}-noise0-seed0"
+        sub = run_dir / "runs" / key
+        result = json.loads((sub / "result.json").read_text())
+        assert float(row["metric_mean"]) == pytest.approx(result["metric"], abs=1e-4)
+        assert float(row["metric_mean"]) == pytest.approx(srow["metric_mean"], abs=1e-4)
+        assert row["best_block"] == str(result["best_block"])
+        assert (sub / "metrics.jsonl").read_text().count("\n") == 1
+        assert json.loads((sub / "checkpoint" / "config.json").read_text())["metrics"]["metric"] == result["metric"]
+        # the offline W&B run holds the same per-block numbers in its results table
+        offline = list((sub / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+        table = json.loads(next(offline[0].glob("files/media/table/results_*.table.json")).read_text())
+        got = [r[1] for r in table["data"]]
+        assert got == pytest.approx([v for v in result["per_block"]], abs=1e-6)
+        assert result["wandb_dir"] == str(offline[0])
+    assert "Δ vs bp" in (run_dir / "log.txt").read_text()
+
+
+def test_wandb_failure_does_not_stop_the_run(tmp_path, monkeypatch):
+    import wandb
+
+    def boom(*a, **k):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", boom)
+    rc, run_dir = _run(tmp_path, [*TINY_CLS, "--methods", "deinforeg", "--wandb", "online"])
+    assert rc == 0
+    assert "W&B init failed" in (run_dir / "log.txt").read_text()
+    assert read_rows(tmp_path / "lb" / "accuracy_cls_digits.csv")[0]["method"] == "deinforeg"
+
+
+def test_safe_run_turns_into_noop_after_a_failure():
+    from benchmarks._wandb import SafeRun
+
+    class Broken:
+        def log(self, *a, **k):
+            raise OSError("disk full")
+
+    msgs = []
+    run = SafeRun(Broken(), warn=msgs.append)
+    run.log({"a": 1})
+    run.log({"a": 2})
+    run.finish()
+    assert run.failed and len(msgs) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--methods", "bp,sgd"], "valid choices: bp, deinforeg, greedy, scpl"),
+        (["--model", "resnet181"], "did you mean"),
+        (["--noise-rates", "0,1.5"], "outside [0, 1)"),
+        (["--task", "seg", "--dataset", "digits"], "for seg"),
+        (["--dataset", "cifar11"], "Available"),
+        (["--epochs", "0"], "positive integer"),
+        (["--stages", "2"], "only valid with --bench throughput"),
+        (["--device", "tpu"], "valid choices: auto, cpu"),
+        (["--model-kwargs", "width"], "key=value"),
+    ],
+)
+def test_bad_values_exit_2_with_choices(argv, needle, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.parametrize("argv", [["--task", "det"], ["--bench", "speed"], ["--wandb", "maybe"], ["--nope"]])
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag():
+    text = build_parser().format_help()
+    for flag in ("--model", "--task", "--arch", "--methods", "--bench", "--dataset", "--data-root", "--noise-rates",
+                 "--noise-kind", "--epochs", "--batch-size", "--seeds", "--num-blocks", "--device", "--wandb", "--out",
+                 "--resume", "--stages", "--micro-batches", "--leaderboard-dir", "--config"):  # fmt: skip
+        assert flag in text
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path):
+    from benchmarks.run import config_from_args
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: paper_vgg\nepochs: 5\nseeds: [1, 2]\nmodel-kwargs: {width: 0.25}\n")
+    cfg, _ = config_from_args(["--config", str(cfg_file), "--epochs", "2"])
+    assert cfg.model == ["paper_vgg"] and cfg.epochs == 2 and cfg.seeds == [1, 2]
+    assert cfg.model_kwargs == {"width": 0.25} and cfg.config == str(cfg_file)
+    cfg_file.write_text("epoch: 5\n")
+    assert main(["--config", str(cfg_file)]) == 2
+
+
+def test_wildcard_models_expand():
+    from benchmarks.run import config_from_args
+
+    cfg, _ = config_from_args(["--model", "paper_*"])
+    assert cfg.model == ["paper_resnet18", "paper_vgg"]
+
+
+def _append_many(path: str, tag: str) -> None:
+    from benchmarks.accuracy import COLUMNS
+    from benchmarks.results import append_rows
+
+    for i in range(50):
+        append_rows(path, [{"model": f"{tag}-{i}", "method": "bp", "metric_mean": float(i), "run_id": "x" * 500}],
+                    COLUMNS)  # fmt: skip
+
+
+def test_two_runs_appending_at_once_lose_no_row(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "board.csv"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), t)) for t in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    rows = read_rows(path)
+    assert len(rows) == 100 and all(r["run_id"] == "x" * 500 for r in rows)
+    assert {r["model"] for r in rows} == {f"{t}-{i}" for t in "ab" for i in range(50)}

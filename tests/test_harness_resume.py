@@ -1,0 +1,97 @@
+"""Resume equivalence, Ctrl-C checkpoints and non-finite losses in the harness (tiny CPU runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from benchmarks.results import read_rows
+from benchmarks.run import main
+
+TINY = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "48",
+        "--eval-size", "32", "--epochs", "2", "--batch-size", "16", "--methods", "bp,deinforeg", "--seeds", "3",
+        "--wandb", "disabled", "--no-progress"]  # fmt: skip
+
+
+def _run(tmp_path, name, extra=()):
+    out = tmp_path / name
+    rc = main([*TINY, *extra, "--out", str(out), "--leaderboard-dir", str(tmp_path / f"lb_{name}")])
+    return rc, next(out.iterdir())
+
+
+def _results(run_dir):
+    out = {}
+    for sub in sorted((run_dir / "runs").iterdir()):
+        res = json.loads((sub / "result.json").read_text())
+        out[sub.name] = ({k: res[k] for k in ("metric", "per_block", "best_block", "adaptive", "steps", "epochs")},
+                         load_file(str(sub / "checkpoint" / "model.safetensors")))  # fmt: skip
+    return out
+
+
+def test_resume_reaches_the_same_final_metrics(tmp_path):
+    rc, full = _run(tmp_path, "full")
+    assert rc == 0
+    # 3 steps per epoch: stop mid-way through epoch 1 of the first run (bp), then resume the whole grid
+    rc, cut = _run(tmp_path, "cut", ["--interrupt-after-steps", "4"])
+    assert rc == 130
+    ckpt = cut / "runs" / "paper_vgg-bp-noise0-seed3" / "checkpoint"
+    assert (ckpt / "training_state.pt").is_file() and json.loads((ckpt / "config.json").read_text())["step"] == 4
+    assert not (tmp_path / "lb_cut").exists()
+    assert main(["--resume", str(cut), "--no-progress"]) == 0
+    a, b = _results(full), _results(cut)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key][0] == b[key][0], key
+        for name, t in a[key][1].items():
+            assert (b[key][1][name] == t).all(), (key, name)
+    rows_a, rows_b = (
+        read_rows(tmp_path / "lb_full" / "accuracy_cls_digits.csv"),
+        read_rows(tmp_path / "lb_cut" / "accuracy_cls_digits.csv"),
+    )
+    assert [r["metric_mean"] for r in rows_a] == [r["metric_mean"] for r in rows_b]
+
+
+def test_non_finite_loss_stops_with_block_method_step(tmp_path, monkeypatch, capsys):
+    from zoo.train import NonFiniteLossError, Trainer
+
+    real = Trainer.train_step
+
+    def flaky(self, x, y):
+        if self.model.method == "deinforeg" and self.step == 4:
+            raise NonFiniteLossError(1, "deinforeg", self.step, float("nan"))
+        return real(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", flaky)
+    rc, run_dir = _run(tmp_path, "nan")
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "block 2" in out and "deinforeg" in out and "step 4" in out and "last good checkpoint" in out
+    ckpt = run_dir / "runs" / "paper_vgg-deinforeg-noise0-seed3" / "checkpoint"
+    assert json.loads((ckpt / "config.json").read_text())["epoch"] == 1  # the epoch-1 checkpoint stayed
+
+
+def test_sigint_requests_a_checkpoint_then_stops(tmp_path):
+    import os
+    import signal
+
+    from benchmarks import _runner
+
+    _runner.install_sigint()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert _runner._STOP["requested"]
+        rc, run_dir = _run(tmp_path, "sigint")
+        assert rc == 130
+        ckpt = run_dir / "runs" / "paper_vgg-bp-noise0-seed3" / "checkpoint"
+        assert json.loads((ckpt / "config.json").read_text())["step"] == 1
+    finally:
+        _runner._STOP["requested"] = False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize("bad", ["missing"])
+def test_resume_of_a_missing_folder_exits_2(tmp_path, bad, capsys):
+    assert main(["--resume", str(tmp_path / bad)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err

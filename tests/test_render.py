@@ -1,0 +1,56 @@
+"""`python -m leaderboards.render` on small CSVs: Markdown tables against BP and PNG plots."""
+
+from __future__ import annotations
+
+from benchmarks import accuracy, throughput
+from benchmarks.results import append_rows
+from leaderboards.render import BEGIN, END, main, paired_diff
+
+
+def _row(method, rate, per_seed, per_block, step):
+    mean = sum(per_seed) / len(per_seed)
+    std = (sum((v - mean) ** 2 for v in per_seed) / (len(per_seed) - 1)) ** 0.5
+    return {
+        "bench": "noise", "task": "cls", "model": "paper_vgg", "model_kwargs": "width=0.25", "img_size": 16,
+        "method": method, "num_blocks": 4, "dataset": "digits", "train_size": 512, "epochs": 3, "batch_size": 64,
+        "noise_kind": "symmetric", "noise_rate": rate, "seeds": "0;1;2", "metric": "accuracy", "metric_mean": mean,
+        "metric_std": std, "metric_per_seed": ";".join(f"{v:.4f}" for v in per_seed), "best_block": "4;4;3",
+        "per_block_mean": per_block, "adaptive_mean": None if method == "bp" else mean - 1, "adaptive_depth": 2.5,
+        "params": 1000, "step_ms": step, "samples_per_s": 64000 / step, "peak_mem_mb": 50.0,
+        "mem_kind": "cpu_peak_rss_growth", "device": "cpu", "torch": "2.14.1", "commit": "abc", "date": "2026-01-01",
+        "run_id": "r1",
+    }  # fmt: skip
+
+
+def test_render_writes_tables_and_plots(tmp_path):
+    rows = []
+    for rate, drop in ((0.0, 0), (0.2, 5), (0.4, 12)):
+        rows.append(_row("bp", rate, [90 - drop, 91 - drop, 89 - drop], "-;-;-;90.00", 100.0))
+        rows.append(_row("deinforeg", rate, [88 - drop / 2, 89 - drop / 2, 88 - drop / 2], "70;80;85;88", 110.0))
+    append_rows(tmp_path / "noise_cls_digits.csv", rows, accuracy.COLUMNS)
+    thr = {k: "" for k in throughput.COLUMNS} | {"model": "resnet18", "method": "bp", "step_ms": 10.0,
+                                                 "samples_per_s": 6400, "stages": 1, "ratio_vs_bp": 1.0}  # fmt: skip
+    append_rows(tmp_path / "throughput_cls_digits.csv", [thr], throughput.COLUMNS)
+    (tmp_path / "README.md").write_text("# Leaderboards\n\nHand-written intro.\n")
+    assert main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "Hand-written intro." in text and BEGIN in text and END in text
+    assert "| 0.4 | deinforeg | 82.33 ± 0.58 | **+4.33 ± 0.58** |" in text  # bold: beyond 2 std
+    assert "| 0.2 | deinforeg | 85.83 ± 0.58 | +0.83 ± 0.58 |" in text
+    assert "wins at noise 0.4: +4.33; loses at noise 0: -1.67; within 2 std at noise 0.2: +0.83" in text
+    for png in ("noise_cls_digits_noise.png", "noise_cls_digits_blocks.png", "noise_cls_digits_cost.png",
+                "throughput_cls_digits_cost.png"):  # fmt: skip
+        assert (tmp_path / png).stat().st_size > 5000, png
+    # rendering again replaces the generated part, keeps the rest, and appended rows supersede old ones
+    append_rows(tmp_path / "noise_cls_digits.csv", [_row("bp", 0.0, [50, 50, 50], "-;-;-;50", 100.0)], accuracy.COLUMNS)
+    assert main(["--dir", str(tmp_path)]) == 0
+    text2 = (tmp_path / "README.md").read_text()
+    assert text2.count(BEGIN) == 1 and "Hand-written intro." in text2
+    assert "| 0 | bp | 50.00 ± 0.00 |" in text2 and "| 0 | bp | 90.00" not in text2
+
+
+def test_paired_diff_pairs_by_seed():
+    a = {"seeds": "0;1;2", "metric_per_seed": "10;20;30"}
+    b = {"seeds": "2;1;0", "metric_per_seed": "29;19;9"}
+    mean, std, n = paired_diff(a, b)
+    assert (mean, std, n) == (1.0, 0.0, 3)
