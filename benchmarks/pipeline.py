@@ -468,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--warmup", type=int, default=5)
     a("--repeats", type=int, default=1, help="measure every engine this many times (interleaved); report medians")
     a("--engines", default=",".join(ENGINE_ORDER))
+    a("--optimizer", default="adamw", choices=("sgd", "adamw", "lars"), help="optimizer of every engine")
+    a("--lr", type=float, default=2e-3)
     a("--bandwidth-gbps", default="0.1,1,10", help="interconnects for the scaling model (Gbit/s)")
     a("--device", default="cpu")
     a("--seeds", default="0")
