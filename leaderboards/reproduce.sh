@@ -8,6 +8,13 @@ for cfg in leaderboards/configs/noise_*.yaml; do
     echo "== $cfg"
     "$PY" -m benchmarks.run --config "$cfg"
 done
+for cfg in leaderboards/configs/accuracy_*.yaml; do
+    echo "== $cfg"
+    "$PY" -m benchmarks.run --config "$cfg"
+done
 "$PY" -m benchmarks.run --config leaderboards/configs/throughput_cls_digits_resnet18.yaml
+# multi-process pipeline (each CPU stage process pinned to one thread = one device); run on a quiet machine
+"$PY" -m benchmarks.run --bench throughput --model resnet18 --task cls --stages 2 --optimizer sgd --lr 0.05 --steps 60
+"$PY" -m benchmarks.run --bench throughput --model resnet18 --task seg --stages 2 --optimizer sgd --lr 0.05
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
