@@ -67,6 +67,8 @@ def setup_name(r: dict[str, str]) -> str:
     extras = [r["model_kwargs"]] if r.get("model_kwargs") else []
     if r.get("img_size"):
         extras.append(f"{r['img_size']}px")
+    if r.get("epochs"):
+        extras.append(f"{r['epochs']} ep")
     return name + (f" ({', '.join(extras)})" if extras else "")
 
 

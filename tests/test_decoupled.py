@@ -174,7 +174,13 @@ def test_dense_head_samples_bounded_pixels_and_resizes_labels():
     assert logits.shape == (2, 3, 4, 4) and torch.isfinite(loss)
     assert set(parts) >= {"invariance", "variance", "covariance", "ce"}
     idx = head._sample(torch.randint(0, 3, (2, 4, 4)))
-    assert idx.numel() == 10
+    assert idx.numel() == 10 and idx.unique().numel() == 10
+    void = torch.randint(0, 3, (3, 4, 4))
+    void[1] = 255  # nothing to sample
+    void[2, :3] = 255  # only 4 valid pixels
+    idx = head._sample(void)
+    assert idx.numel() == 5 + 0 + 4
+    assert (void.reshape(-1)[idx] != 255).all()
 
 
 def test_segmentation_decoder_block_reads_detached_skips():

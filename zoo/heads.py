@@ -218,19 +218,18 @@ class DenseLocalHead(_LocalHeadBase):
         return self.classifier(self.projector(h))
 
     def _sample(self, y: torch.Tensor) -> torch.Tensor:
-        """Flat indices (into B·h·w) of up to `pixels_per_image` valid pixels per image."""
+        """Flat indices (into B·h·w) of up to `pixels_per_image` valid pixels per image, drawn without replacement.
+
+        One batched draw: random scores, void pixels pushed below every valid one, top-k per image.
+        """
         b = y.shape[0]
         flat = y.reshape(b, -1)
-        picks = []
-        for i in range(b):
-            valid = torch.nonzero(flat[i] != self.ignore_index).flatten()
-            if valid.numel() == 0:
-                continue
-            order = torch.randperm(valid.numel(), device=y.device)[: self.pixels_per_image]
-            picks.append(valid[order] + i * flat.shape[1])
-        if not picks:
-            return torch.zeros(0, dtype=torch.long, device=y.device)
-        return torch.cat(picks)
+        k = min(self.pixels_per_image, flat.shape[1])
+        valid = flat != self.ignore_index
+        scores = torch.rand(flat.shape, device=y.device).masked_fill(~valid, -1.0)
+        top, idx = scores.topk(k, dim=1)
+        offsets = torch.arange(b, device=y.device).unsqueeze(1) * flat.shape[1]
+        return (idx + offsets)[top >= 0]
 
     def loss(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         y = resize_mask(y, h.shape[-2:])
