@@ -272,6 +272,7 @@ def _run_model(cfg: Any, model: str) -> list[dict[str, Any]]:
     run_id = f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-pipeline-{uuid.uuid4().hex[:6]}"
     s = int(pc.stages)
     note = CPU_NOTE if pc.device == "cpu" else "gpu: one GPU per stage"
+    note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     print(
         f"pipeline bench {run_id}: {model} {pc.task} on {pc.data} {pc.img_size}px, batch {pc.batch_size}, {s} "
         f"stages, {pc.steps} steps ({pc.warmup_steps} warm-up), micro-batches {pc.micro_batches} (gpipe/1f1b)"

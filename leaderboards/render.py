@@ -252,6 +252,26 @@ def _speed_section(path: Path) -> list[str]:
     return out + [""]
 
 
+def _pipeline_section(path: Path) -> list[str]:
+    """Multi-process pipeline rows (written by benchmarks/pipeline.py, which also draws the scaling plot)."""
+    rows = list(csv.DictReader(path.open(newline="")))
+    out = [f"## {path.stem}", "", "Each CPU stage process is pinned to one thread and stands for one device.", ""]
+    out += ["| model | engine | stages | batch | partition | samples/s | × BP | × best GPipe/1F1B | busy/stage "
+            "| ms/stage predicted → measured | device | date |",
+            "|---|---|---:|---:|---|---:|---:|---:|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        out.append(
+            f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {r.get('engine')} | {r.get('stages')} "
+            f"| {r.get('batch_size')} | {r.get('partition')} | {float(r['samples_per_s']):.1f} "
+            f"| {float(r['speedup_vs_bp']):.2f} | {float(r['speedup_vs_pipelining_bp']):.2f} "
+            f"| {r.get('busy_per_stage')} | {r.get('predicted_ms_per_stage')} → {r.get('measured_ms_per_stage')} "
+            f"| {r.get('device')} | {r.get('date', '')[:10]} |"
+        )
+    for png in sorted(path.parent.glob(f"{path.stem}_*.png")):
+        out += ["", f"![{png.stem}]({png.name})"]
+    return out + [""]
+
+
 def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = None) -> list[Path]:
     """Regenerate the README's generated part and every PNG; returns the files written."""
     board_dir = Path(board_dir)
@@ -262,6 +282,9 @@ def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = N
         stem = csv_path.stem
         if stem.startswith("speed_"):
             md += _speed_section(csv_path)
+            continue
+        if stem.startswith("throughput_pipeline_"):
+            md += _pipeline_section(csv_path)
             continue
         rows = load_board(csv_path)
         if not rows:
