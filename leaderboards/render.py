@@ -176,7 +176,11 @@ def _plot_noise(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path |
         ax.set_xlabel("training label noise rate")
         ax.set_ylabel(f"test {rs[0].get('metric', '')} (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    return _finish(fig, axes[0][0], path)
+
+
+def _finish(fig, legend_ax, path: Path) -> Path:
+    legend_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -204,11 +208,7 @@ def _plot_blocks(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path 
         ax.set_ylabel(f"test {rs[0].get('metric', '')} (%)")
         ax.set_xticks(range(1, int(rs[0].get("num_blocks") or 1) + 1))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes[0][0], path)
 
 
 def _plot_cost(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:

@@ -55,19 +55,6 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _perturb(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            noise = torch.rand(t.shape, generator=g)
-            if name.endswith("running_var"):
-                t.mul_(1 + 0.1 * noise)  # variances stay positive
-            else:
-                t.add_(0.02 * (noise - 0.5))
-
-
 @pytest.mark.parametrize("arch,name", ALL)
 def test_split_equals_whole(arch: str, name: str) -> None:
     torch.manual_seed(0)
@@ -136,10 +123,10 @@ def test_num_blocks_rule_and_encoder_depth() -> None:
 
 @pytest.mark.parametrize("method", ["bp", "deinforeg"])
 @pytest.mark.parametrize("arch,name", [("unet", "resnet18"), ("deeplabv3plus", "tu-convnext_atto")])
-def test_export_matches(arch: str, name: str, method: str) -> None:
+def test_export_matches(arch: str, name: str, method: str, perturb) -> None:
     torch.manual_seed(0)
     model = smp_adapter.create(name, arch=arch, method=method, num_classes=C, img_size=IMG)
-    _perturb(model)  # weights and BN statistics away from their init
+    perturb(model)  # weights and BN statistics away from their init
     x, _ = _batch()
     plain = smp_adapter.export(model)
     assert type(plain).__module__.startswith("segmentation_models_pytorch")

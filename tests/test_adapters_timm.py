@@ -57,19 +57,6 @@ def _batch(num_classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2, 3, IMG, IMG, generator=g), torch.tensor([0, num_classes - 1])
 
 
-def _perturb(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            noise = torch.rand(t.shape, generator=g)
-            if name.endswith("running_var"):
-                t.mul_(1 + 0.1 * noise)  # variances stay positive
-            else:
-                t.add_(0.02 * (noise - 0.5))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_split_equals_whole(name: str) -> None:
     torch.manual_seed(0)
@@ -139,10 +126,10 @@ def test_vit_pooling_follows_the_model() -> None:
 
 @pytest.mark.parametrize("method", ["bp", "deinforeg"])
 @pytest.mark.parametrize("name", NAMES)
-def test_export_matches(name: str, method: str) -> None:
+def test_export_matches(name: str, method: str, perturb) -> None:
     torch.manual_seed(0)
     model = timm_adapter.create(name, method=method, num_classes=5, img_size=IMG)
-    _perturb(model)  # weights and BN statistics away from their init
+    perturb(model)  # weights and BN statistics away from their init
     x, _ = _batch()
     if method != "bp" and "distilled" in name:
         with pytest.raises(NotImplementedError):
