@@ -140,6 +140,32 @@ def test_adaptive_decides_per_sample():
     assert (model.last_exit_depth[early] == 1).all() and (model.last_exit_depth[~early] > 1).all()
 
 
+def test_adaptive_from_block_predictions_equals_adaptive_forward():
+    model = tiny("deinforeg").eval()
+    x, _ = batch(8)
+    with torch.no_grad():
+        conf1 = model.forward_blocks(x)[0].softmax(1).max(1).values
+        model.exit_confidence, model.exit_similarity = float(conf1.median()), 0.9
+        model.exit_policy = "adaptive"
+        out = model(x)
+        depth = model.last_exit_depth.clone()
+        derived = model.adaptive_from_blocks(model.forward_blocks(x))
+    assert 1 < float(depth.float().mean()) < model.num_blocks  # some samples leave early, some do not
+    torch.testing.assert_close(derived, out)
+    assert torch.equal(model.last_exit_depth, depth)
+
+
+def test_exit_block_follows_the_policy():
+    model = tiny("deinforeg")
+    assert model.exit_block == model.num_blocks - 1
+    model.set_best_block(1)
+    model.exit_policy = "best"
+    assert model.exit_block == 1
+    model.exit_policy = "adaptive"
+    with pytest.raises(ValueError, match="adaptive"):
+        _ = model.exit_block
+
+
 def test_bad_method_exit_policy_and_batches():
     with pytest.raises(ValueError, match="valid choices: bp, deinforeg, greedy, scpl"):
         tiny("backprop")

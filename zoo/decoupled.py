@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
+from .metrics import IGNORE_INDEX
 
 __all__ = ["Block", "DecoupledModel", "StepOutput", "EXIT_POLICIES", "build_decoupled", "merge_units"]
 
@@ -143,7 +144,7 @@ class DecoupledModel(nn.Module):
             raise ValueError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
-        labels = y[y != (255 if self.task == "seg" else -100)]
+        labels = y[y != IGNORE_INDEX[self.task]]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             lo, hi = int(labels.min()), int(labels.max())
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
@@ -182,16 +183,44 @@ class DecoupledModel(nn.Module):
             preds.append(None if block.head is None else self._to_output(block.head(h), x))
         return preds
 
+    @property
+    def exit_block(self) -> int:
+        """The block `model(x)` predicts through under `last` or `best` (`adaptive` has no single exit)."""
+        if self._exit_policy == "adaptive":
+            raise ValueError("an adaptive exit depends on each input; set exit_policy to 'last' or 'best' first")
+        return self.num_blocks - 1 if self._exit_policy == "last" else int(self.best_block)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exit_policy == "adaptive":
             return self._adaptive(x)
-        stop = self.num_blocks - 1 if self._exit_policy == "last" else int(self.best_block)
+        stop = self.exit_block
         feats = [x]
         for block in self.blocks[: stop + 1]:
             feats.append(block(feats))
         return self._to_output(self.blocks[stop].head(feats[-1]), x)
 
+    @staticmethod
+    def _probs(logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes as (n, C, pixels); classification has one 'pixel'."""
+        return logits.float().softmax(dim=1).reshape(logits.shape[0], logits.shape[1], -1)
+
+    def _leave(self, prob: torch.Tensor, prev_prob: torch.Tensor | None, k: int) -> torch.Tensor:
+        """Which samples exit at block k: confident enough, or agreeing with and similar to block k-1."""
+        if k == self.num_blocks - 1:
+            return torch.ones(prob.shape[0], dtype=torch.bool, device=prob.device)
+        leave = prob.max(dim=1).values.mean(dim=1) >= self.exit_confidence
+        if prev_prob is not None:
+            agree = (prob.argmax(1) == prev_prob.argmax(1)).all(dim=1)
+            similar = F.cosine_similarity(prob.flatten(1), prev_prob.flatten(1), dim=1) >= self.exit_similarity
+            leave = leave | (agree & similar)
+        return leave
+
+    def _record_depth(self, depth: torch.Tensor) -> None:
+        self.last_exit_depth = depth
+        self.last_mean_depth = float(depth.float().mean())
+
     def _adaptive(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample early exit that only runs the blocks each sample still needs."""
         b = x.shape[0]
         out: torch.Tensor | None = None
         depth = torch.full((b,), self.num_blocks, dtype=torch.long, device=x.device)
@@ -204,16 +233,8 @@ class DecoupledModel(nn.Module):
             logits = self._to_output(block.head(h), x[active])
             if out is None:
                 out = logits.new_zeros((b, *logits.shape[1:]))
-            prob = logits.float().softmax(dim=1).flatten(2) if logits.dim() > 2 else logits.float().softmax(1)
-            prob = prob.reshape(prob.shape[0], prob.shape[1], -1)  # (n, C, pixels)
-            confidence = prob.max(dim=1).values.mean(dim=1)
-            leave = confidence >= self.exit_confidence
-            if prev_prob is not None:
-                agree = (prob.argmax(1) == prev_prob.argmax(1)).float().mean(dim=1) == 1.0
-                similar = F.cosine_similarity(prob.flatten(1), prev_prob.flatten(1), dim=1) >= self.exit_similarity
-                leave = leave | (agree & similar)
-            if k == self.num_blocks - 1:
-                leave = torch.ones_like(leave)
+            prob = self._probs(logits)
+            leave = self._leave(prob, prev_prob, k)
             out[active[leave]] = logits[leave]
             depth[active[leave]] = k + 1
             keep = ~leave
@@ -222,9 +243,26 @@ class DecoupledModel(nn.Module):
             active = active[keep]
             feats = [f[keep] for f in feats]
             prev_prob = prob[keep]
-        self.last_exit_depth = depth
-        self.last_mean_depth = float(depth.float().mean())
+        self._record_depth(depth)
         assert out is not None
+        return out
+
+    def adaptive_from_blocks(self, preds: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """The adaptive exit's output from every block's prediction (`forward_blocks`), with no second forward."""
+        if any(p is None for p in preds):
+            raise ValueError("the adaptive exit needs a head on every block")
+        out = preds[-1].clone()
+        depth = torch.full((out.shape[0],), self.num_blocks, dtype=torch.long, device=out.device)
+        undecided = torch.ones_like(depth, dtype=torch.bool)
+        prev_prob: torch.Tensor | None = None
+        for k, logits in enumerate(preds):
+            prob = self._probs(logits)
+            now = self._leave(prob, prev_prob, k) & undecided
+            out[now] = logits[now]
+            depth[now] = k + 1
+            undecided &= ~now
+            prev_prob = prob
+        self._record_depth(depth)
         return out
 
 

@@ -37,10 +37,8 @@ class ExitNet(nn.Module):
 
 
 def exit_index(model: DecoupledModel) -> int:
-    """The block `model(x)` predicts through (`adaptive` has no single exit)."""
-    if model.exit_policy == "adaptive":
-        raise ValueError("an adaptive exit depends on each input; set model.exit_policy to 'last' or 'best' first")
-    return model.num_blocks - 1 if model.exit_policy == "last" else int(model.best_block)
+    """The block `model(x)` predicts through (`adaptive` has no single exit: ValueError)."""
+    return model.exit_block
 
 
 def _plain_head(head: nn.Module) -> nn.Module:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ConfusionMatrix", "accuracy"]
+__all__ = ["ConfusionMatrix", "IGNORE_INDEX", "accuracy", "metric_name"]
+
+IGNORE_INDEX = {"cls": -100, "seg": 255}  # the label that marks "no target" (void pixels in masks)
+
+
+def metric_name(task: str) -> str:
+    """The headline metric of a task: mIoU for segmentation, accuracy for classification."""
+    return "miou" if task == "seg" else "accuracy"
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -14,6 +21,10 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 class ConfusionMatrix:
     """Accumulates a C×C confusion matrix; gives accuracy (cls) or mIoU / pixel accuracy (seg), in percent."""
+
+    @classmethod
+    def for_task(cls, task: str, num_classes: int) -> ConfusionMatrix:
+        return cls(num_classes, IGNORE_INDEX[task])
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
@@ -36,6 +47,10 @@ class ConfusionMatrix:
         inter = self.mat.diagonal().double()
         union = self.mat.sum(0).double() + self.mat.sum(1).double() - inter
         return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+    def score(self, task: str) -> float:
+        """The task's headline metric (see `metric_name`)."""
+        return self.miou() if task == "seg" else self.accuracy()
 
     def miou(self) -> float:
         iou = self.iou()

@@ -35,7 +35,7 @@ from .checkpoints import (
     sha256_file,
 )
 from .decoupled import DecoupledModel
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, metric_name
 
 __all__ = ["evaluate", "publish", "train", "main"]
 
@@ -75,11 +75,11 @@ def evaluate(model: DecoupledModel, dataset: str, image_size: int | None, split:
     data = _datasets()
     ds = data.create_dataset(dataset, split, image_size=image_size)
     model.eval()
-    mat = ConfusionMatrix(model.num_classes, 255 if model.task == "seg" else -100)
+    mat = ConfusionMatrix.for_task(model.task, model.num_classes)
     device = next(model.parameters()).device
     for x, y in data.create_loader(ds, batch_size):
         mat.update(model(x.to(device)), y.to(device))
-    return ("miou", mat.miou()) if model.task == "seg" else ("accuracy", mat.accuracy())
+    return metric_name(model.task), mat.score(model.task)
 
 
 def _write_manifest_entry(manifest: Path, name: str, entry: dict[str, Any]) -> None:

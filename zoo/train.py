@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .decoupled import DecoupledModel
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, metric_name
 
 __all__ = [
     "LARS",
@@ -185,37 +185,32 @@ class Trainer:
         """Metric of every block's head and of the exits on `loader` (accuracy for cls, mIoU for seg)."""
         m = self.model
         m.eval()
-        ignore = 255 if m.task == "seg" else -100
         mats: list[ConfusionMatrix | None] = [
-            ConfusionMatrix(m.num_classes, ignore) if b.head is not None else None for b in m.blocks
+            ConfusionMatrix.for_task(m.task, m.num_classes) if b.head is not None else None for b in m.blocks
         ]
-        ada = ConfusionMatrix(m.num_classes, ignore)
+        ada = ConfusionMatrix.for_task(m.task, m.num_classes)
         depth_sum, n = 0.0, 0
         use_adaptive = adaptive and m.method != "bp"
         for x, y in loader:
             x, y = x.to(self.device), y.to(self.device)
-            for mat, logits in zip(mats, m.forward_blocks(x)):
+            preds = m.forward_blocks(x)
+            for mat, logits in zip(mats, preds):
                 if mat is not None and logits is not None:
                     mat.update(logits, y)
             if use_adaptive:
-                policy = m.exit_policy
-                m.exit_policy = "adaptive"
-                try:
-                    ada.update(m(x), y)
-                finally:
-                    m.exit_policy = policy
+                # the exit decisions only need every block's prediction, which forward_blocks already gave
+                ada.update(m.adaptive_from_blocks(preds), y)
                 depth_sum += float(m.last_mean_depth or 0.0) * x.shape[0]
                 n += x.shape[0]
-        score = (lambda c: c.miou()) if m.task == "seg" else (lambda c: c.accuracy())
-        per_block = [score(c) if c is not None else None for c in mats]
+        per_block = [c.score(m.task) if c is not None else None for c in mats]
         pixel = [c.accuracy() if c is not None else None for c in mats] if m.task == "seg" else []
         best_idx = int(m.best_block)
         return EvalResult(
-            metric_name="miou" if m.task == "seg" else "accuracy",
+            metric_name=metric_name(m.task),
             per_block=per_block,
             last=per_block[-1] if per_block[-1] is not None else float("nan"),
             best=per_block[best_idx],
-            adaptive=score(ada) if use_adaptive else None,
+            adaptive=ada.score(m.task) if use_adaptive else None,
             adaptive_depth=depth_sum / n if n else None,
             pixel_acc=pixel,
         )

@@ -256,8 +256,7 @@ def export(model: DecoupledModel) -> nn.Module:
     config = model.config
     if config.get("adapter") != "smp":
         raise ValueError("export needs a model built by the SMP adapter")
-    last = model.num_blocks - 1
-    if model.exit_policy == "adaptive" or (model.exit_policy == "best" and int(model.best_block) != last):
+    if model.exit_policy == "adaptive" or model.exit_block != model.num_blocks - 1:
         raise NotImplementedError("export supports the decoder's exit only")
     skip = set(_INFO_KEYS + _MODEL_KEYS + _BUILD_KEYS)
     skip |= {"name", "task", "arch", "method", "num_classes", "num_blocks", "in_channels", "dice", "img_size"}

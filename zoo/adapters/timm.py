@@ -343,8 +343,7 @@ def export(model: DecoupledModel) -> nn.Module:
     config = model.config
     if config.get("adapter") != "timm":
         raise ValueError("export needs a model built by the timm adapter")
-    last = model.num_blocks - 1
-    if model.exit_policy == "adaptive" or (model.exit_policy == "best" and int(model.best_block) != last):
+    if model.exit_policy == "adaptive" or model.exit_block != model.num_blocks - 1:
         raise NotImplementedError("export supports the last block's exit only")
     timm_model, bodies, cut = _rebuild(config)
     for body, block in zip(bodies, model.blocks, strict=True):
