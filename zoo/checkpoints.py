@@ -15,6 +15,7 @@ sha256 of every file, and the recorded metrics. Pulls are copied into the cache 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,6 +136,19 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _staged(dest: Path):
+    """A temporary folder beside `dest`: it replaces `dest` when the block finishes, and is removed on any error."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 # -- save ------------------------------------------------------------------------------------------------------
 def _input_size(config: dict[str, Any]) -> list[int] | None:
     # img_size is what the model was built (and trained) for; input_size is timm's pretrained_cfg default
@@ -222,9 +236,7 @@ def save_checkpoint(
         config.update(step=int(trainer_state.get("step", 0)), epoch=int(trainer_state.get("epoch", 0)))
     config.update(metadata or {})
 
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with _staged(dest) as tmp:
         weights = tmp / WEIGHTS_NAME
         save_file(tensors, str(weights), metadata={"format": "pt"})
         config["weights_bytes"] = weights.stat().st_size
@@ -239,10 +251,6 @@ def save_checkpoint(
             f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
         tmp.chmod(0o755)
         _fsync_dir(tmp)
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -517,9 +525,7 @@ def pull(name: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)  # a damaged cache entry: fetch it again
     src = _source_of(entry, manifest_path())
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with _staged(folder) as tmp:
         for fname in hashes:
             _copy_to(src, fname, tmp / fname)
         bad = _verified(tmp, hashes)
@@ -528,10 +534,6 @@ def pull(name: str) -> Path:
                 f"sha256 mismatch for {full}: {', '.join(bad)} from {src} does not match the manifest; "
                 "refused, and the download was removed from the cache"
             )
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -540,15 +542,9 @@ def _fetch_url_folder(url: str) -> Path:
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     folder = cache_dir() / "urls" / key
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with _staged(folder) as tmp:
         for fname in (CONFIG_NAME, WEIGHTS_NAME):
             _copy_to(url, fname, tmp / fname)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
