@@ -245,6 +245,7 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         train=train,
         device=device,
         threads=1 if device == "cpu" else g("threads", 1),
+        pin_cpu=g("pin_cpu", True),
         verbose=g("verbose", True),
     ).resolved()
     extra = {
@@ -272,6 +273,8 @@ def _run_model(cfg: Any, model: str) -> list[dict[str, Any]]:
     run_id = f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-pipeline-{uuid.uuid4().hex[:6]}"
     s = int(pc.stages)
     note = CPU_NOTE if pc.device == "cpu" else "gpu: one GPU per stage"
+    if pc.device == "cpu":
+        note += ", each process on its own core" if pc.pin_cpu else ", processes not pinned to cores"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     print(
         f"pipeline bench {run_id}: {model} {pc.task} on {pc.data} {pc.img_size}px, batch {pc.batch_size}, {s} "
@@ -473,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=2e-3)
     a("--bandwidth-gbps", default="0.1,1,10", help="interconnects for the scaling model (Gbit/s)")
     a("--device", default="cpu")
+    a("--no-pin", dest="pin_cpu", action="store_false", help="CPU: let the OS move stage processes between cores")
     a("--seeds", default="0")
     a("--leaderboard-dir", default="leaderboards")
     a("--no-write", dest="write", action="store_false", help="print only; append no rows")

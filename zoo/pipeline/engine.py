@@ -30,7 +30,16 @@ from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, 
 from ._comm import DATA, Link
 from .partition import stage_slices
 
-__all__ = ["ENGINES", "PipelineConfig", "build_model", "data_pool", "run_single", "stage_decoupled", "stage_bp"]
+__all__ = [
+    "ENGINES",
+    "PipelineConfig",
+    "build_model",
+    "data_pool",
+    "pin_cpu",
+    "run_single",
+    "stage_decoupled",
+    "stage_bp",
+]
 
 ENGINES = ("deinforeg", "gpipe", "1f1b")
 
@@ -62,6 +71,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "cpu"  # cpu | cuda (stage r uses cuda:LOCAL_RANK)
     threads: int = 1  # torch threads per stage process (one CPU stage process stands for one device)
+    pin_cpu: bool = True  # CPU: give each local stage process its own cores (`threads` of them) when there are enough
     timeout_s: float = 120.0  # longest wait for any single message
     dead_after_s: float = 10.0  # a stage silent this long is declared dead
     host: str = "127.0.0.1"
@@ -126,6 +136,20 @@ def data_pool(cfg: PipelineConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def batches(cfg: PipelineConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     return itertools.islice(itertools.cycle(data_pool(cfg)), cfg.steps)
+
+
+def pin_cpu(cfg: PipelineConfig, local_rank: int, local_world: int) -> list[int] | None:
+    """Pin this thread (and the threads it starts later) to its own `cfg.threads` cores, so one CPU stage process
+    really is one device: without it the scheduler moves the stages (and gloo's threads) between cores.
+    Returns the cores, or None when pinning is off, not CPU, or there are fewer cores than stages need."""
+    if not cfg.pin_cpu or cfg.device != "cpu" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if local_world * cfg.threads > len(cores):
+        return None
+    mine = cores[local_rank * cfg.threads : (local_rank + 1) * cfg.threads]
+    os.sched_setaffinity(0, mine)
+    return mine
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -205,8 +229,9 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
             out = feats if skips_out else feats[-1:]
             link.send(rank + 1, DATA, t, [f.detach() for f in out] + [y])
         ends.append(time.perf_counter())
+    # The window ends when the last send is issued, as it starts: in steady state a stage is always up to
+    # `max_in_flight` sends ahead of its successor, so timing the final flush would charge it that many extra steps.
     link.flush()
-    ends[-1] = time.perf_counter()
     return _stage_stats(cfg, rank, world, "deinforeg", compute, ends, link, device) | {
         "blocks": list(mine),
         "state": {k: b.state_dict() for k, b in zip(mine, blocks)},
@@ -337,6 +362,7 @@ def _out_bytes(o) -> int:
 def run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
     """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks); returns speed and model."""
     cfg = cfg.resolved()
+    pin_cpu(cfg, 0, 1)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     model = build_model(cfg, method)

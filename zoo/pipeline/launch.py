@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from ..decoupled import DecoupledModel
 from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
-from .engine import ENGINES, PipelineConfig, build_model, data_pool, pack, stage_bp, stage_decoupled, unpack
+from .engine import ENGINES, PipelineConfig, build_model, data_pool, pack, pin_cpu, stage_bp, stage_decoupled, unpack
 from .partition import Partition, partition_units, profile_units
 
 __all__ = ["PipelineError", "LaunchError", "PipelineResult", "launch", "in_torchrun", "check_config"]
@@ -166,6 +166,8 @@ def _stage_main(
     host_store: bool,
     result_path: str | None,
 ) -> PipelineResult | None:
+    local = int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    pin_cpu(cfg, *local)  # before torch and gloo start their threads, so they inherit the cores
     torch.set_num_threads(cfg.threads)
     device = _device(cfg)
     if device.type == "cuda":
