@@ -141,3 +141,22 @@ def test_ctrl_c_stops_every_stage(tmp_path):
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 130, out.decode()
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_cpu_stages_are_pinned_to_their_own_cores():
+    from zoo.pipeline.engine import pin_cpu
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)
+    try:
+        assert pin_cpu(_tiny(pin_cpu=False), 0, 1) is None
+        assert pin_cpu(_tiny(device="cuda"), 0, 1) is None
+        assert pin_cpu(_tiny(), 0, len(cores) + 1) is None  # more stages than cores: left to the OS
+        assert os.sched_getaffinity(0) == before
+        last = len(cores) - 1
+        assert pin_cpu(_tiny(), last, len(cores)) == [cores[last]]
+        assert os.sched_getaffinity(0) == {cores[last]}
+    finally:
+        os.sched_setaffinity(0, before)

@@ -29,3 +29,28 @@ def test_short_digits_run_learns(method, capsys):
         assert result.adaptive is not None and 1.0 <= result.adaptive_depth <= model.num_blocks
     assert 0 <= int(model.best_block) < model.num_blocks
     assert torch.isfinite(torch.tensor(result.last))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fused_optimizer_steps_match_the_per_tensor_loop(optimizer):
+    from zoo.train import build_optimizers
+
+    model = zoo.create_model("paper_vgg", width=0.125, num_classes=10, img_size=16)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05, weight_decay=5e-4)
+    fused, _ = build_optimizers(model, cfg, 10)
+    assert all(o.defaults.get("fused") for o in fused)  # CPU parameters get torch's fused kernel
+    twin = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    extra = {"momentum": cfg.momentum} if optimizer == "sgd" else {}
+    loop = kind(list(twin.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, **extra)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for n, p in params.items():
+            p.grad = torch.randn(p.shape, generator=g)
+            twin[n].grad = p.grad.clone()
+        for o in fused:
+            o.step()
+        loop.step()
+    for n, p in params.items():
+        torch.testing.assert_close(p.detach(), twin[n].detach(), rtol=1e-5, atol=1e-6, msg=n)
