@@ -54,7 +54,10 @@ def test_two_stage_pipeline_equals_single_process(tmp_path):
 
     cfg = _tiny(checkpoint=str(tmp_path / "ckpt"))
     result = launch(cfg)
+    affinity = getattr(os, "sched_getaffinity", lambda pid: None)
+    cores = affinity(0)
     ref = run_single(cfg, "deinforeg")["model"]
+    assert affinity(0) == cores  # pinned while it ran, the caller's cores restored
     ours, theirs = result.model.state_dict(), ref.state_dict()
     assert ours.keys() == theirs.keys()
     for k in ours:

@@ -360,21 +360,31 @@ def _out_bytes(o) -> int:
 
 # -- single-process references -----------------------------------------------------------------------------------
 def run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
-    """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks); returns speed and model."""
+    """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks); returns speed and model.
+
+    Runs as one device (`cfg.threads` threads, pinned on CPU); the caller's thread count and cores are restored.
+    """
     cfg = cfg.resolved()
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    threads = torch.get_num_threads()
     pin_cpu(cfg, 0, 1)
     torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    model = build_model(cfg, method)
-    trainer = Trainer(model, cfg.train, cfg.steps, device)
-    ends, compute = [], []
-    for x, y in batches(cfg):
-        t0 = time.perf_counter()
-        trainer.train_step(x, y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute.append(time.perf_counter() - t0)
-        ends.append(time.perf_counter())
+    try:
+        device = torch.device(cfg.device)
+        model = build_model(cfg, method)
+        trainer = Trainer(model, cfg.train, cfg.steps, device)
+        ends, compute = [], []
+        for x, y in batches(cfg):
+            t0 = time.perf_counter()
+            trainer.train_step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compute.append(time.perf_counter() - t0)
+            ends.append(time.perf_counter())
+    finally:
+        torch.set_num_threads(threads)
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
     stats = _stage_stats(cfg, 0, 1, f"{method}-single", compute, ends, None, device)
     stats.update(comm_s_per_step=0.0)
     return {"stats": stats, "model": model, "trainer": trainer}
