@@ -163,3 +163,44 @@ def test_cpu_stages_are_pinned_to_their_own_cores():
         assert os.sched_getaffinity(0) == {cores[last]}
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_torchrun_launch_trains_like_one_process(tmp_path):
+    """The same code under torchrun's rendezvous: one stage per torchrun process, checkpoint from stage 0."""
+    from zoo.checkpoints import load_checkpoint
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "zoo.pipeline", "--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16"]
+    cmd += ["--batch-size", "8", "--steps", "3", "--warmup", "1", "--dataset", "synthetic", "--partition", "2,2"]
+    cmd += ["--optimizer", "sgd", "--lr", "0.05", "--checkpoint", str(tmp_path / "ckpt")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "partition [2, 2]" in done.stdout
+    cfg = _tiny(steps=3, warmup_steps=1, pool_batches=8)  # the CLI's defaults for what the command leaves out
+    ref = run_single(cfg, "deinforeg")["model"].state_dict()
+    ours = load_checkpoint(tmp_path / "ckpt").state_dict()
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_segmentation_pipeline_sends_skip_features_and_checkpoints(tmp_path):
+    from zoo.checkpoints import load_checkpoint
+
+    cfg = _tiny(
+        model="resnet18",
+        task="seg",
+        model_kwargs={},
+        img_size=32,
+        batch_size=4,
+        steps=3,
+        partition=[4, 2],
+        checkpoint=str(tmp_path / "ckpt"),
+    )
+    result = launch(cfg)
+    first = result.stages[0]
+    # the decoder on stage 1 reads every encoder feature: stage 0 sends them all, not just its last output
+    assert first["bytes_sent_per_step"] > 4 * 3 * 32 * 32 * 4
+    model = load_checkpoint(tmp_path / "ckpt").eval()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, cfg.resolved().num_classes, 32, 32) and torch.isfinite(out).all()
