@@ -77,7 +77,8 @@ class RunConfig:
     steps: int = 20  # throughput: timed steps per method
     warmup: int = 3  # throughput: untimed steps first
     stages: int = 1  # throughput: pipeline stages (devices); >1 dispatches to benchmarks.pipeline
-    micro_batches: int = 4  # throughput with stages > 1: micro-batches per batch
+    # throughput with stages > 1: micro-batches per batch for GPipe / 1F1B; each count is measured, the best compared
+    micro_batches: list[int] = field(default_factory=lambda: [2, 4])
     progress: bool = True  # tqdm progress bars with ETA
     checkpoint: bool = True  # save a checkpoint after every epoch (needed for --resume)
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
@@ -150,7 +151,13 @@ def parse_kwargs(items: Any) -> dict[str, Any]:
 def resolve(values: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from merged values (unknown keys must already be rejected)."""
     v = dict(values)
-    for name, kind in (("model", str), ("methods", str), ("seeds", int), ("noise_rates", float)):
+    for name, kind in (
+        ("model", str),
+        ("methods", str),
+        ("seeds", int),
+        ("noise_rates", float),
+        ("micro_batches", int),
+    ):
         if name in v:
             v[name] = _as_list(v[name], kind, name)
     if "model_kwargs" in v:
@@ -184,10 +191,12 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         val = getattr(cfg, name)
         if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
-    for name in ("stages", "micro_batches", "steps"):
+    for name in ("stages", "steps"):
         val = getattr(cfg, name)
         if not isinstance(val, int) or val < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
+    if not cfg.micro_batches or any(m < 1 for m in cfg.micro_batches):
+        raise ConfigError(f"--micro-batches must be positive integers, got {cfg.micro_batches!r}")
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.lr <= 0:

@@ -38,6 +38,11 @@ from .results import append_rows, environment
 __all__ = ["COLUMNS", "CPU_NOTE", "run", "main", "scaling_model", "build_parser"]
 
 ENGINE_ORDER = ("bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "bp-single-mb")
+MICRO_ENGINES = ("gpipe", "1f1b", "bp-single-mb")  # run once per micro-batch count
+PIPELINING = ("gpipe", "1f1b")
+# GPipe / 1F1B are measured at every count and the best is the baseline: fewer micro-batches mean a larger bubble
+# (M / (M+S-1)) but larger, more efficient micro-batches; which wins depends on the machine
+DEFAULT_MICRO_BATCHES = (2, 4)
 CPU_NOTE = "cpu: each stage process pinned to 1 thread = 1 device; single-process baselines on 1 thread"
 COLUMNS = [
     "model",
@@ -111,6 +116,15 @@ def _run_engine(engine: str, cfg: PipelineConfig) -> dict[str, Any]:
     return {"stages": res.stages, "partition": res.partition, "predicted_s": res.predicted_s, "profile": res.profile}
 
 
+def _micro_list(value: Any) -> list[int]:
+    """Micro-batch counts from an int, a list, or a comma-separated string ("2,4")."""
+    vals = [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    vals = [vals] if isinstance(vals, int) else list(vals)
+    if not vals or any(isinstance(v, bool) or int(v) < 1 for v in vals):
+        raise ValueError(f"micro-batches must be positive integers, got {value!r}")
+    return sorted({int(v) for v in vals})
+
+
 # -- scaling model ------------------------------------------------------------------------------------------------
 def _expand(costs: list[float], heads: list[float], out_bytes: list[float], stages: int):
     """Cut the costliest unit in two until there are `stages` units; each new cut adds one local head's cost."""
@@ -181,6 +195,8 @@ def _summaries(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
             "partition": runs[0]["partition"],
             "predicted_s": runs[0]["predicted_s"],
             "profile": runs[0]["profile"],
+            "engine": runs[0]["engine"],
+            "m": runs[0]["m"],
         }
     return out
 
@@ -199,9 +215,11 @@ def _plot(path: Path, title: str, model_lines: dict[str, list[tuple[int, float]]
         style = next(styles, "-o") if "DeInfoReg" in name else "--"
         ax.plot([x for x, _ in line], [y for _, y in line], style, label=name, ms=4, alpha=0.8, mfc="none")
     markers = {"deinforeg-pipe": ("*", "#d62728"), "gpipe": ("s", "#444444"), "1f1b": ("^", "#1f77b4")}
-    for engine, v in measured.items():
-        m, c = markers.get(engine, ("x", "k"))
-        ax.plot([s], [v], m, color=c, ms=11, label=f"measured {engine}", linestyle="none")
+    for i, (label, v) in enumerate(measured.items()):
+        m, c = markers.get(label.split(" ")[0], ("x", "k"))
+        x = s * (1 + 0.04 * (i - (len(measured) - 1) / 2))  # side by side, not on top of each other
+        face = "none" if "M=" in label else c
+        ax.plot([x], [v], m, color=c, ms=9, label=f"measured {label}", linestyle="none", mfc=face)
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("stages (devices)")
@@ -239,7 +257,7 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         batch_size=g("batch_size", 64 if task == "cls" else 16),
         steps=g("steps", 20),
         warmup_steps=g("warmup", 3),
-        micro_batches=g("micro_batches", 4),
+        micro_batches=_micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES))[0],
         stages=g("stages", 2),
         seed=seed,
         train=train,
@@ -249,6 +267,7 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         verbose=g("verbose", True),
     ).resolved()
     extra = {
+        "micro_batches": _micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES)),
         "engines": [e.strip() for e in str(g("engines", ",".join(ENGINE_ORDER))).split(",") if e.strip()],
         "repeats": int(g("repeats", 1)),
         "bandwidths_gbps": [float(v) for v in str(g("bandwidth_gbps", "0.1,1,10")).split(",") if v.strip()],
@@ -278,21 +297,27 @@ def _run_model(cfg: Any, model: str) -> list[dict[str, Any]]:
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     print(
         f"pipeline bench {run_id}: {model} {pc.task} on {pc.data} {pc.img_size}px, batch {pc.batch_size}, {s} "
-        f"stages, {pc.steps} steps ({pc.warmup_steps} warm-up), micro-batches {pc.micro_batches} (gpipe/1f1b)"
+        f"stages, {pc.steps} steps ({pc.warmup_steps} warm-up), micro-batches "
+        f"{'/'.join(map(str, extra['micro_batches']))} (gpipe/1f1b; the best is the baseline)"
     )
     print(note, flush=True)
     engines = [e for e in ENGINE_ORDER if e in extra["engines"]]
     if "gpipe" in engines or "1f1b" in engines or "deinforeg-pipe" in engines:
         engines = ["deinforeg-pipe"] + [e for e in engines if e != "deinforeg-pipe"]  # it decides the partition
-    results: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    plan = [
+        (f"{e} M={m}" if e in MICRO_ENGINES else e, e, m if e in MICRO_ENGINES else None)
+        for e in engines
+        for m in (extra["micro_batches"] if e in MICRO_ENGINES else [None])
+    ]
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
     for rep in range(extra["repeats"]):
-        for engine in engines:
-            out = _run_engine(engine, pc)
+        for label, engine, m in plan:
+            out = _run_engine(engine, replace(pc, micro_batches=m) if m else pc)
             if engine == "deinforeg-pipe" and pc.partition is None:
                 pc = replace(pc, partition=out["partition"])
-            results[engine].append(out)
+            results[label].append(out | {"engine": engine, "m": m})
             print(
-                f"  [{rep + 1}/{extra['repeats']}] {engine}: {out['stages'][-1]['samples_per_s']:.1f} samples/s",
+                f"  [{rep + 1}/{extra['repeats']}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s",
                 flush=True,
             )
     summ = _summaries(results)
@@ -307,15 +332,17 @@ def _run_model(cfg: Any, model: str) -> list[dict[str, Any]]:
 def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
     s = int(pc.stages)
     bp = summ.get("bp-single", {}).get("samples_per_s")
-    pipe_bp = [summ[e]["samples_per_s"] for e in ("gpipe", "1f1b") if e in summ]
-    best_pipe_bp = max(pipe_bp) if pipe_bp else None
+    pipe_bp = {k: v["samples_per_s"] for k, v in summ.items() if v["engine"] in PIPELINING}
+    best = max(pipe_bp, key=pipe_bp.get) if pipe_bp else None
+    best_pipe_bp = pipe_bp[best] if best else None
     env = environment(pc.device)
     rows = []
     print(
         f"\n{'engine':18s} {'samples/s':>10s} {'×BP':>6s} {'×GPipe/1F1B':>11s}  busy/stage   peak MiB/stage  "
         f"comm MB/step  comm ms/step  compute ms/stage"
     )
-    for engine, v in summ.items():
+    for label, v in summ.items():
+        engine, m = v["engine"], v["m"]
         sps = v["samples_per_s"]
         vs_bp = sps / bp if bp else float("nan")
         vs_pp = sps / best_pipe_bp if best_pipe_bp else float("nan")
@@ -323,7 +350,7 @@ def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
         mb = sum(v["bytes"]) / 2**20
         pred = v["predicted_s"] if engine == "deinforeg-pipe" else None
         print(
-            f"{engine:18s} {sps:10.1f} {vs_bp:6.2f} {vs_pp:11.2f}  {_fmt(v['busy'], '.2f'):11s}  "
+            f"{label:18s} {sps:10.1f} {vs_bp:6.2f} {vs_pp:11.2f}  {_fmt(v['busy'], '.2f'):11s}  "
             f"{_fmt(v['peak_mem_mb'], '.0f'):14s}  {mb:12.2f}  {_fmt(comm_ms, '.1f'):12s}  "
             f"{_fmt([c * 1e3 for c in v['compute_s']], '.1f')}"
         )
@@ -336,8 +363,8 @@ def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
                 "engine": engine,
                 "method": "bp" if engine in ("bp-single", "gpipe", "1f1b", "bp-single-mb") else pc.method,
                 "stages": s if is_pipe else 1,
-                "micro_batches": pc.micro_batches if engine in ("gpipe", "1f1b") else 1,
-                "batch_size": pc.batch_size // pc.micro_batches if engine == "bp-single-mb" else pc.batch_size,
+                "micro_batches": m if engine in PIPELINING else 1,
+                "batch_size": pc.batch_size // m if engine == "bp-single-mb" else pc.batch_size,
                 "img_size": pc.img_size,
                 "partition": "+".join(map(str, v["partition"] or pc.partition or [])) if is_pipe else "",
                 "samples_per_s": sps,
@@ -360,6 +387,8 @@ def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
         f"({note}; busy = compute time / wall time per stage, for gpipe/1f1b process CPU time / wall; "
         f"comm = payload transfer + waiting for sends, idle waiting excluded)"
     )
+    if best:
+        print(f"best BP over torch.distributed.pipelining: {best} (×GPipe/1F1B is relative to it)")
     if "deinforeg-pipe" in summ:
         _explain(pc, summ, extra, model)
     return rows
@@ -391,22 +420,24 @@ def _explain(pc, summ, extra, model) -> None:
         f" × overlap {overlap:.2f} (step {t_cycle * 1e3:.0f} ms vs slowest stage {max(comp) * 1e3:.0f} ms: "
         f"communication {_fmt([c * 1e3 for c in pipe['comm_s']], '.1f')} ms/step, waits, contention)"
     )
-    if "bp-single-mb" in summ:
-        eff = summ["bp-single-mb"]["samples_per_s"] / bp["samples_per_s"]
-        print(
-            f"micro-batching alone: one device trains {pc.batch_size // pc.micro_batches}-sample batches at "
-            f"{eff:.2f}× the samples/s of {pc.batch_size}-sample batches"
-        )
-    for e in ("gpipe", "1f1b"):
-        if e in summ:
-            t_e = pc.batch_size / summ[e]["samples_per_s"]
-            mb_eff = summ["bp-single-mb"]["samples_per_s"] / bp["samples_per_s"] if "bp-single-mb" in summ else 1.0
-            bound = gpipe_bound(balance * heads, s, pc.micro_batches) * mb_eff
-            m = pc.micro_batches
+    for m in extra["micro_batches"]:
+        alone = summ.get(f"bp-single-mb M={m}")
+        mb_eff = alone["samples_per_s"] / bp["samples_per_s"] if alone else 1.0
+        if alone:
             print(
-                f"{e}: {t_bp / t_e:.2f}× BP (step {t_e * 1e3:.0f} ms); bubble bound M/(M+S-1) = {m}/{m + s - 1} "
-                f"× balance × micro-batch efficiency cap it at ~{bound:.2f}×; the rest is sending activations "
-                f"and gradients (busy {_fmt(summ[e]['busy'], '.2f')})"
+                f"micro-batching alone (M={m}): one device trains {pc.batch_size // m}-sample batches at "
+                f"{mb_eff:.2f}× the samples/s of {pc.batch_size}-sample batches"
+            )
+        for e in PIPELINING:
+            v = summ.get(f"{e} M={m}")
+            if v is None:
+                continue
+            t_e = pc.batch_size / v["samples_per_s"]
+            expect = gpipe_bound(balance, s, m) * mb_eff
+            print(
+                f"{e} M={m}: {t_bp / t_e:.2f}× BP (step {t_e * 1e3:.0f} ms); bubble M/(M+S-1) = {m}/{m + s - 1} × "
+                f"stage balance × micro-batch efficiency predict ~{expect:.2f}×; busy {_fmt(v['busy'], '.2f')} "
+                f"(the stages also send activations forward and gradients back)"
             )
     profile = pipe["profile"]
     if not profile:
@@ -431,9 +462,12 @@ def _explain(pc, summ, extra, model) -> None:
         preds = [scaling_model(profile, t_bp, n, bw, 50e-6 if bw else 0.0, heads)["speedup"] for n in counts]
         lines[f"DeInfoReg model, {name}"] = list(zip(counts, preds, strict=True))
         print(f"{name:28s} " + " ".join(f"{p:<7.2f}" for p in preds))
-    lines[f"GPipe bubble bound (M={pc.micro_batches})"] = [(n, gpipe_bound(n, n, pc.micro_batches)) for n in counts]
+    for m in extra["micro_batches"]:
+        lines[f"GPipe bubble bound (M={m})"] = [(n, gpipe_bound(n, n, m)) for n in counts]
     measured = {
-        e: summ[e]["samples_per_s"] / bp["samples_per_s"] for e in ("deinforeg-pipe", "gpipe", "1f1b") if e in summ
+        k: v["samples_per_s"] / bp["samples_per_s"]
+        for k, v in summ.items()
+        if v["engine"] in ("deinforeg-pipe", *PIPELINING)
     }
     print("measured at S=" + str(s) + ": " + ", ".join(f"{e} {v:.2f}×" for e, v in measured.items()))
     if extra["plot"]:
@@ -467,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=None, help="default 64 for cls, 16 for seg")
     a("--num-blocks", type=int, default=None)
     a("--stages", type=int, default=2)
-    a("--micro-batches", type=int, default=4, help="micro-batches per batch for gpipe / 1f1b")
+    a(
+        "--micro-batches",
+        default=",".join(map(str, DEFAULT_MICRO_BATCHES)),
+        help="micro-batches per batch for gpipe / 1f1b; a list measures each and compares with the best",
+    )
     a("--steps", type=int, default=30)
     a("--warmup", type=int, default=5)
     a("--repeats", type=int, default=1, help="measure every engine this many times (interleaved); report medians")

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--warmup", type=int, metavar="N", help="throughput: untimed steps first (default: 3)")
     a("--stages", type=int, metavar="S", help="throughput: pipeline stages; S > 1 runs the multi-device pipeline "
       "bench (default: 1)")  # fmt: skip
-    a("--micro-batches", type=int, metavar="M", help="throughput with --stages > 1: micro-batches (default: 4)")
+    a("--micro-batches", metavar="LIST", help="throughput with --stages > 1: micro-batches per batch for GPipe / "
+      "1F1B, each measured and the best compared (default: 2,4)")  # fmt: skip
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--no-checkpoint", dest="checkpoint", action="store_false", help="no per-epoch checkpoints (final one only)")
     a("--interrupt-after-steps", type=int, help=S)  # testing: acts like Ctrl-C after N steps

@@ -255,17 +255,23 @@ def _speed_section(path: Path) -> list[str]:
 def _pipeline_section(path: Path) -> list[str]:
     """Multi-process pipeline rows (written by benchmarks/pipeline.py, which also draws the scaling plot)."""
     rows = list(csv.DictReader(path.open(newline="")))
-    out = [f"## {path.stem}", "", "Each CPU stage process is pinned to one thread and stands for one device.", ""]
+    out = [f"## {path.stem}", "", "Each CPU stage process runs one thread and stands for one device (on its own core "
+           "where the note says so). `M`: micro-batches per batch; `× best GPipe/1F1B` compares with the best "
+           "GPipe / 1F1B row of the same run.", ""]  # fmt: skip
     out += ["| model | engine | stages | batch | partition | samples/s | × BP | × best GPipe/1F1B | busy/stage "
-            "| ms/stage predicted → measured | device | date |",
-            "|---|---|---:|---:|---|---:|---:|---:|---|---|---|---|"]  # fmt: skip
+            "| ms/stage predicted → measured | optimizer | commit | date (UTC) |",
+            "|---|---|---:|---:|---|---:|---:|---:|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        engine, m = r.get("engine"), r.get("micro_batches", "1")
+        if engine in ("gpipe", "1f1b"):
+            engine += f" (M={m})"
+        opt = r.get("note", "").partition("optimizer ")[2] or "not recorded (see findings)"
         out.append(
-            f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {r.get('engine')} | {r.get('stages')} "
+            f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {engine} | {r.get('stages')} "
             f"| {r.get('batch_size')} | {r.get('partition')} | {float(r['samples_per_s']):.1f} "
             f"| {float(r['speedup_vs_bp']):.2f} | {float(r['speedup_vs_pipelining_bp']):.2f} "
             f"| {r.get('busy_per_stage')} | {r.get('predicted_ms_per_stage')} → {r.get('measured_ms_per_stage')} "
-            f"| {r.get('device')} | {r.get('date', '')[:10]} |"
+            f"| {opt} | {r.get('commit', '')} | {r.get('date', '')[:16].replace('T', ' ')} |"
         )
     for png in sorted(path.parent.glob(f"{path.stem}_*.png")):
         out += ["", f"![{png.stem}]({png.name})"]

@@ -100,6 +100,8 @@ def test_safe_run_turns_into_noop_after_a_failure():
         (["--stages", "2"], "only valid with --bench throughput"),
         (["--device", "tpu"], "valid choices: auto, cpu"),
         (["--model-kwargs", "width"], "key=value"),
+        (["--bench", "throughput", "--stages", "2", "--micro-batches", "2,0"], "--micro-batches must be positive"),
+        (["--bench", "throughput", "--stages", "2", "--micro-batches", "2,four"], "as a list of int"),
     ],
 )
 def test_bad_values_exit_2_with_choices(argv, needle, capsys, tmp_path):
@@ -133,6 +135,9 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
     cfg, _ = config_from_args(["--config", str(cfg_file), "--epochs", "2"])
     assert cfg.model == ["paper_vgg"] and cfg.epochs == 2 and cfg.seeds == [1, 2]
     assert cfg.model_kwargs == {"width": 0.25} and cfg.config == str(cfg_file)
+    assert cfg.micro_batches == [2, 4]  # GPipe / 1F1B measured at both counts by default
+    cfg, _ = config_from_args(["--bench", "throughput", "--stages", "2", "--micro-batches", "8,2"])
+    assert cfg.micro_batches == [8, 2]
     cfg_file.write_text("epoch: 5\n")
     assert main(["--config", str(cfg_file)]) == 2
 
