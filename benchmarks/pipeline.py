@@ -33,6 +33,7 @@ from zoo.pipeline import PipelineConfig, launch, run_single
 from zoo.pipeline.partition import balanced_split, stage_slices
 from zoo.train import TrainConfig
 
+from .config import ConfigError, parse_kwargs
 from .results import append_rows, environment
 
 __all__ = ["COLUMNS", "CPU_NOTE", "run", "main", "scaling_model", "build_parser"]
@@ -118,11 +119,15 @@ def _run_engine(engine: str, cfg: PipelineConfig) -> dict[str, Any]:
 
 def _micro_list(value: Any) -> list[int]:
     """Micro-batch counts from an int, a list, or a comma-separated string ("2,4")."""
-    vals = [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-    vals = [vals] if isinstance(vals, int) else list(vals)
-    if not vals or any(isinstance(v, bool) or int(v) < 1 for v in vals):
-        raise ValueError(f"micro-batches must be positive integers, got {value!r}")
-    return sorted({int(v) for v in vals})
+    bad = ValueError(f"micro-batches must be positive integers, got {value!r}")
+    try:
+        vals = [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        vals = [vals] if isinstance(vals, int) else [int(v) for v in vals if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        raise bad from None
+    if not vals or min(vals) < 1:
+        raise bad
+    return sorted(set(vals))
 
 
 # -- scaling model ------------------------------------------------------------------------------------------------
@@ -500,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--img-size", type=int, default=None)
     a("--batch-size", type=int, default=None, help="default 64 for cls, 16 for seg")
     a("--num-blocks", type=int, default=None)
+    a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
     a("--stages", type=int, default=2)
     a(
         "--micro-batches",
@@ -523,8 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    ns.seeds = [int(v) for v in str(ns.seeds).split(",")]
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        ns.model_kwargs = parse_kwargs(ns.model_kwargs)
+        ns.micro_batches = _micro_list(ns.micro_batches)
+        ns.seeds = [int(v) for v in str(ns.seeds).split(",")]
+    except ConfigError as e:
+        parser.error(str(e))
+    except ValueError as e:
+        parser.error(str(e) if "micro-batches" in str(e) else f"--seeds must be integers, got {ns.seeds!r}")
     from zoo.pipeline import LaunchError, PipelineError
 
     try:
