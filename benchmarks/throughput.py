@@ -3,7 +3,8 @@
 Build (each method's model, one real batch of the dataset) → run (`warmup` untimed steps, then `steps` timed ones;
 the median is reported, robust to a shared CPU) → rows → `leaderboards/throughput_<task>_<dataset>.csv`, with each
 method's step time as a ratio of BP's. With `--stages S` (S > 1) the multi-device pipeline bench
-(`benchmarks.pipeline`) runs instead.
+(`benchmarks.pipeline`) runs instead. Either way the rows also go to `<run dir>/rows.json` and to one W&B run
+(`<run dir>/runs/throughput/wandb`): a `rows` table and a summary keyed by model and method or engine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from zoo.train import TrainConfig, Trainer, seed_everything
 
 from ._runner import PeakMemory, _sync, build_datasets, build_model, count_params, resolve_device
+from ._wandb import start_run
 from .config import ConfigError, RunConfig
 from .results import append_rows
 
@@ -74,7 +76,9 @@ def run(
             from . import pipeline  # the multi-device pipeline bench (its own module)
         except ImportError as e:
             raise ConfigError(f"--stages {cfg.stages} needs benchmarks.pipeline, which cannot be imported: {e}") from e
-        return pipeline.run(cfg)
+        rows = pipeline.run(cfg)
+        _record(cfg, run_dir, run_id, rows, log)
+        return rows
     device = resolve_device(cfg.device)
     train, _, _, _ = build_datasets(cfg, cfg.seeds[0], 0.0)
     n = min(cfg.batch_size, len(train))
@@ -125,9 +129,33 @@ def run(
         r["ratio_vs_bp"] = r["step_ms"] / bp[r["model"]] if r["model"] in bp else None
     path = Path(cfg.leaderboard_dir) / f"throughput_{cfg.task}_{cfg.dataset}.csv"
     append_rows(path, rows, COLUMNS)
-    (run_dir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    _record(cfg, run_dir, run_id, rows, log)
     log(f"\nthroughput, {cfg.task} on {cfg.dataset}, batch {n}; rows appended to {path}")
     for r in rows:
         ratio = "" if r["ratio_vs_bp"] is None else f"  ({r['ratio_vs_bp']:.2f}× bp)"
         log(f"  {r['model']:<16} {r['method']:<10} {r['step_ms']:8.1f} ms/step{ratio}  {r['peak_mem_mb']:7.0f} MB")
     return rows
+
+
+def _summary_key(r: dict[str, Any]) -> str:
+    if "engine" not in r:  # one device: model / method
+        return f"{r['model']}/{r['method']}"
+    m = f"/M{r['micro_batches']}" if r["engine"] in ("gpipe", "1f1b") else ""
+    mb = f"/batch{r['batch_size']}" if r["engine"] == "bp-single-mb" else ""
+    return f"{r['model']}/{r['engine']}{m}{mb}"
+
+
+def _record(cfg: RunConfig, run_dir: Path, run_id: str, rows: list[dict[str, Any]], log: Callable[[str], None]):
+    """rows.json in the run folder, and one W&B run with the rows as a table and the headline figures as summary."""
+    (run_dir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    if not rows:
+        return
+    figures = ("samples_per_s", "step_ms", "ratio_vs_bp", "speedup_vs_bp", "speedup_vs_pipelining_bp", "peak_mem_mb")
+    wb = start_run(
+        cfg.wandb, cfg.wandb_project, run_dir / "runs" / "throughput", f"{run_id}-throughput", run_id,
+        cfg.to_dict(), ["throughput", cfg.task, f"stages{cfg.stages}"], log,
+    )  # fmt: skip
+    columns = list(rows[0])
+    wb.table("rows", columns, [[r.get(c) for c in columns] for r in rows])
+    wb.summary({f"{_summary_key(r)}/{k}": r[k] for r in rows for k in figures if r.get(k) not in (None, "")})
+    wb.finish()

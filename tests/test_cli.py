@@ -171,3 +171,21 @@ def test_two_runs_appending_at_once_lose_no_row(tmp_path):
     rows = read_rows(path)
     assert len(rows) == 100 and all(r["run_id"] == "x" * 500 for r in rows)
     assert {r["model"] for r in rows} == {f"{t}-{i}" for t in "ab" for i in range(50)}
+
+
+@pytest.mark.dist
+def test_pipeline_throughput_through_the_harness_logs_rows_to_wandb(wandb_env):
+    tmp = wandb_env
+    args = ["--bench", "throughput", "--stages", "2", "--micro-batches", "2", "--steps", "4", "--warmup", "1"]
+    args += ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--batch-size", "8"]
+    rc, run_dir = _run(tmp, [*args, "--wandb", "offline", "--optimizer", "sgd", "--lr", "0.05"])
+    assert rc == 0
+    rows = read_rows(tmp / "lb" / "throughput_pipeline_cls_digits.csv")
+    saved = json.loads((run_dir / "rows.json").read_text())
+    assert [r["engine"] for r in rows] == [r["engine"] for r in saved]
+    assert {"deinforeg-pipe", "bp-single", "gpipe", "1f1b"} <= {r["engine"] for r in rows}
+    offline = list((run_dir / "runs" / "throughput" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    table = json.loads(next(offline[0].glob("files/media/table/rows_*.table.json")).read_text())
+    engine = table["columns"].index("engine")
+    assert [r[engine] for r in table["data"]] == [r["engine"] for r in rows]
