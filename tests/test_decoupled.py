@@ -260,3 +260,19 @@ def test_optimizers_and_cosine_schedule(opt):
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.01)
     with pytest.raises(ValueError, match="valid choices: sgd, adamw, lars"):
         TrainConfig(optimizer="adam")
+
+
+def test_block_rng_streams_depend_only_on_seed_step_and_block():
+    from zoo.decoupled import block_rng, block_seed
+
+    cpu = torch.device("cpu")
+    before = torch.get_rng_state()
+    with block_rng(block_seed(0, 3, 1), cpu):
+        a = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
+    torch.rand(10)  # draws elsewhere (other blocks, other processes) change nothing
+    with block_rng(block_seed(0, 3, 1), cpu):
+        assert torch.equal(torch.rand(4), a)
+    for other in (block_seed(0, 4, 1), block_seed(0, 3, 2), block_seed(1, 3, 1)):
+        with block_rng(other, cpu):
+            assert not torch.equal(torch.rand(4), a)

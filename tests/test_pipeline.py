@@ -184,7 +184,8 @@ def test_torchrun_launch_trains_like_one_process(tmp_path):
         torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_segmentation_pipeline_sends_skip_features_and_checkpoints(tmp_path):
+def test_segmentation_pipeline_equals_single_process_and_checkpoints(tmp_path):
+    """Dense heads sample pixels at random: per-block RNG streams make the draws the same in both layouts."""
     from zoo.checkpoints import load_checkpoint
 
     cfg = _tiny(
@@ -198,6 +199,9 @@ def test_segmentation_pipeline_sends_skip_features_and_checkpoints(tmp_path):
         checkpoint=str(tmp_path / "ckpt"),
     )
     result = launch(cfg)
+    ref = run_single(cfg, "deinforeg")["model"].state_dict()
+    for k, v in result.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
     first = result.stages[0]
     # the decoder on stage 1 reads every encoder feature: stage 0 sends them all, not just its last output
     assert first["bytes_sent_per_step"] > 4 * 3 * 32 * 32 * 4

@@ -3,11 +3,18 @@
 Block k's input is the detached output of block k-1, so `local_losses` builds graphs that never cross a block
 boundary (DeInfoReg, Decoupled Greedy Learning, SCPL). With `method="bp"` nothing is detached and only the last
 block has a head: the same blocks then compute exactly the original network, trained end to end.
+
+Randomness in training (dropout, stochastic depth, a dense head's pixel sampling) can be drawn per block and step:
+given `rng=(seed, step)`, `step` runs block k under its own RNG stream seeded from (seed, step, k). A block's draws
+then do not depend on which other blocks run in the same process, so a pipeline that spreads the blocks over
+processes trains exactly like one process (the trainer and the pipeline engine both pass it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +25,16 @@ import torch.nn.functional as F
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
 from .metrics import IGNORE_INDEX
 
-__all__ = ["Block", "DecoupledModel", "StepOutput", "EXIT_POLICIES", "build_decoupled", "merge_units"]
+__all__ = [
+    "Block",
+    "DecoupledModel",
+    "StepOutput",
+    "EXIT_POLICIES",
+    "block_rng",
+    "block_seed",
+    "build_decoupled",
+    "merge_units",
+]
 
 EXIT_POLICIES = ("last", "best", "adaptive")
 
@@ -38,6 +54,28 @@ class Block(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.body(feats if self.takes_skips else feats[-1])
+
+
+def block_seed(seed: int, step: int, block: int) -> int:
+    """The RNG seed of `block` at training `step` of a run seeded with `seed` (a hash: streams do not overlap)."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def block_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the body with the CPU (and `device`'s CUDA) generator seeded to `seed`; restore both afterwards.
+    `seed=None` leaves the generators alone."""
+    if seed is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -135,8 +173,10 @@ class DecoupledModel(nn.Module):
         return groups
 
     # -- training ------------------------------------------------------------------------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        """Training forward: one loss per local head (decoupled) or one end-to-end loss (bp)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, rng: tuple[int, int] | None = None) -> StepOutput:
+        """Training forward: one loss per local head (decoupled) or one end-to-end loss (bp).
+
+        `rng=(seed, step)` draws each block's randomness from its own stream (see `block_seed`)."""
         if x.shape[0] == 0:
             raise ValueError("empty batch")
         decoupled = self.method in LOCAL_METHODS
@@ -150,14 +190,15 @@ class DecoupledModel(nn.Module):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         feats = [x]
         out = StepOutput([], [], [])
-        for block in self.blocks:
+        for k, block in enumerate(self.blocks):
             inputs = [f.detach() for f in feats] if decoupled else feats
-            h = block(inputs)
-            feats.append(h)
-            if block.head is None:
-                out.logits.append(None)
-                continue
-            loss, logits, parts = block.head.loss(h, y)
+            with block_rng(None if rng is None else block_seed(rng[0], rng[1], k), x.device):
+                h = block(inputs)
+                feats.append(h)
+                if block.head is None:
+                    out.logits.append(None)
+                    continue
+                loss, logits, parts = block.head.loss(h, y)
             out.losses.append(loss)
             out.logits.append(self._to_output(logits, x))
             out.parts.append(parts)

@@ -160,12 +160,14 @@ class Trainer:
         self.optimizers, self.schedulers = build_optimizers(model, cfg, total_steps)
         self.step = 0
         self.epoch = 0
+        # base of the per-block, per-step RNG streams (zoo.decoupled.block_seed): the seed the caller set
+        self.rng_seed = torch.initial_seed()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One step of every block; a NaN/inf loss raises NonFiniteLossError before any optimizer step."""
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        out = self.model.step(x, y)
+        out = self.model.step(x, y, rng=(self.rng_seed, self.step))
         heads = [k for k, b in enumerate(self.model.blocks) if b.head is not None]
         for k, loss in zip(heads, out.losses):
             if not torch.isfinite(loss):
@@ -267,6 +269,7 @@ class Trainer:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step,
             "epoch": self.epoch,
+            "rng_seed": self.rng_seed,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -285,6 +288,7 @@ class Trainer:
         for s, sd in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(sd)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.rng_seed = int(state.get("rng_seed", self.rng_seed))
         rng = state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..decoupled import DecoupledModel
+from ..decoupled import DecoupledModel, block_rng, block_seed
 from ..heads import LOCAL_METHODS
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything
 from ._comm import DATA, Link
@@ -190,6 +190,7 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
     opts, lrs = [optims[k] for k in mine], [scheds[k] for k in mine]
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
     method = model.method
+    rng_seed = torch.initial_seed()  # build_model seeded cfg.seed: the same base as a single-process Trainer's
     del model, optims, scheds  # keep only this stage's blocks
     first, last = rank == 0, rank == world - 1
     source = batches(cfg) if first else None
@@ -207,9 +208,10 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
         t0 = time.perf_counter()
         losses = []
         for k, block in zip(mine, blocks):
-            h = block([f.detach() for f in feats])
-            feats.append(h)
-            loss = block.head.loss(h, y)[0]
+            with block_rng(block_seed(rng_seed, t, k), device):  # the draws block k makes in one process too
+                h = block([f.detach() for f in feats])
+                feats.append(h)
+                loss = block.head.loss(h, y)[0]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(k, method, t, float(loss))
             losses.append(loss)

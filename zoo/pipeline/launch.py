@@ -227,6 +227,7 @@ def _assemble(cfg: PipelineConfig, outs: list[dict[str, Any]], info: dict) -> Pi
         "schedulers": [sched_states[k] for k in range(n)] if len(sched_states) == n else [],
         "step": cfg.steps,
         "epoch": 0,
+        "rng_seed": cfg.seed,  # the per-block RNG streams' base (build_model seeds cfg.seed in every stage)
         "rng": {},
     }
     result = PipelineResult(model, outs, info["sizes"], info["predicted_s"], info["profile"], trainer_state, cfg)
