@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.pipeline import PipelineConfig, launch, run_single
+from zoo.pipeline.launch import check_micro_batches
 from zoo.pipeline.partition import balanced_split, stage_slices
 from zoo.train import TrainConfig
 
@@ -271,9 +272,14 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         pin_cpu=g("pin_cpu", True),
         verbose=g("verbose", True),
     ).resolved()
+    micro = _micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES))
+    engines = [e.strip() for e in str(g("engines", ",".join(ENGINE_ORDER))).split(",") if e.strip()]
+    if any(e in MICRO_ENGINES for e in engines):
+        for m in micro:
+            check_micro_batches(pc.batch_size, m)  # before anything runs
     extra = {
-        "micro_batches": _micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES)),
-        "engines": [e.strip() for e in str(g("engines", ",".join(ENGINE_ORDER))).split(",") if e.strip()],
+        "micro_batches": micro,
+        "engines": engines,
         "repeats": int(g("repeats", 1)),
         "bandwidths_gbps": [float(v) for v in str(g("bandwidth_gbps", "0.1,1,10")).split(",") if v.strip()],
         "leaderboard_dir": g("leaderboard_dir", "leaderboards"),

@@ -98,6 +98,8 @@ def test_wrong_launches_give_one_clear_error_each():
         launch(_tiny(stages=5, partition=None))
     with pytest.raises(LaunchError, match="does not match the world size 3"):
         check_config(_tiny(), world=3)
+    with pytest.raises(LaunchError, match="not divisible by micro_batches=3; valid choices: 1, 2, 4, 8"):
+        check_config(_tiny(engine="gpipe", micro_batches=3))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -49,3 +49,9 @@ def test_bad_values_exit_2(argv, needle, capsys, tmp_path):
         main([*argv, "--leaderboard-dir", str(tmp_path)])
     assert e.value.code == 2 and needle in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_micro_batches_that_do_not_divide_the_batch_stop_before_anything_runs(tmp_path, capsys):
+    assert main([*TINY, "--micro-batches", "2,3", "--leaderboard-dir", str(tmp_path)]) == 2
+    assert "batch_size=8 is not divisible by micro_batches=3" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

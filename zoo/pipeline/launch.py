@@ -33,7 +33,15 @@ from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_e
 from .engine import ENGINES, PipelineConfig, build_model, data_pool, pack, pin_cpu, stage_bp, stage_decoupled, unpack
 from .partition import Partition, partition_units, profile_units
 
-__all__ = ["PipelineError", "LaunchError", "PipelineResult", "launch", "in_torchrun", "check_config"]
+__all__ = [
+    "PipelineError",
+    "LaunchError",
+    "PipelineResult",
+    "launch",
+    "in_torchrun",
+    "check_config",
+    "check_micro_batches",
+]
 
 
 class PipelineError(RuntimeError):
@@ -92,8 +100,20 @@ def check_config(cfg: PipelineConfig, world: int | None = None, model: Decoupled
             raise LaunchError(
                 f"partition {cfg.partition} must give {stages} stages at least one block each, {n} in all"
             )
-    if cfg.engine != "deinforeg" and cfg.micro_batches > cfg.batch_size:
-        raise LaunchError(f"micro_batches={cfg.micro_batches} exceeds batch_size={cfg.batch_size}")
+    if cfg.engine != "deinforeg":
+        check_micro_batches(cfg.batch_size, cfg.micro_batches)
+
+
+def check_micro_batches(batch_size: int, micro_batches: int) -> None:
+    """GPipe / 1F1B split every batch into equal micro-batches (labels and inputs alike)."""
+    if micro_batches < 1 or micro_batches > batch_size:
+        raise LaunchError(f"micro_batches={micro_batches} is not possible: use 1 to batch_size={batch_size}")
+    if batch_size % micro_batches:
+        divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
+        raise LaunchError(
+            f"batch_size={batch_size} is not divisible by micro_batches={micro_batches}; "
+            f"valid choices: {', '.join(map(str, divisors))}"
+        )
 
 
 def _check_port(host: str, port: int) -> None:
