@@ -33,6 +33,7 @@ __all__ = [
     "block_rng",
     "block_seed",
     "build_decoupled",
+    "forward_block",
     "merge_units",
 ]
 
@@ -76,6 +77,25 @@ def block_rng(seed: int | None, device: torch.device) -> Iterator[None]:
         if cuda:
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
+
+
+def forward_block(
+    block: Block,
+    k: int,
+    feats: list[torch.Tensor],
+    y: torch.Tensor,
+    rng: tuple[int, int] | None = None,
+    detach: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None:
+    """Training forward of block `k` on the features so far: appends its output to `feats` and returns its head's
+    `(loss, logits, parts)`, or None for a block without a head. `detach` cuts the graph at the block's input
+    (decoupled methods); `rng=(seed, step)` runs it on its own RNG stream. `DecoupledModel.step` and each pipeline
+    stage both train through this, so the two layouts compute the same thing."""
+    inputs = [f.detach() for f in feats] if detach else feats
+    with block_rng(None if rng is None else block_seed(rng[0], rng[1], k), feats[0].device):
+        h = block(inputs)
+        feats.append(h)
+        return None if block.head is None else block.head.loss(h, y)
 
 
 @dataclass
@@ -191,14 +211,11 @@ class DecoupledModel(nn.Module):
         feats = [x]
         out = StepOutput([], [], [])
         for k, block in enumerate(self.blocks):
-            inputs = [f.detach() for f in feats] if decoupled else feats
-            with block_rng(None if rng is None else block_seed(rng[0], rng[1], k), x.device):
-                h = block(inputs)
-                feats.append(h)
-                if block.head is None:
-                    out.logits.append(None)
-                    continue
-                loss, logits, parts = block.head.loss(h, y)
+            res = forward_block(block, k, feats, y, rng, detach=decoupled)
+            if res is None:
+                out.logits.append(None)
+                continue
+            loss, logits, parts = res
             out.losses.append(loss)
             out.logits.append(self._to_output(logits, x))
             out.parts.append(parts)

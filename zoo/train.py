@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "NonFiniteLossError",
     "build_optimizers",
     "seed_everything",
+    "update",
     "OPTIMIZERS",
 ]
 
@@ -127,6 +128,26 @@ def build_optimizers(
     return optims, scheds
 
 
+def update(
+    losses: Sequence[torch.Tensor],
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
+    groups: Sequence[Sequence[nn.Parameter]] = (),
+    grad_clip: float | None = None,
+) -> None:
+    """One optimizer step from per-block losses (the Trainer's and each pipeline stage's): the blocks' graphs are
+    disjoint, so one summed backward gives each block its own gradient; `grad_clip` clips each of `groups`."""
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    torch.stack([loss.float() for loss in losses]).sum().backward()
+    if grad_clip:
+        for group in groups:
+            torch.nn.utils.clip_grad_norm_(group, grad_clip)
+    for o, s in zip(optimizers, schedulers):
+        o.step()
+        s.step()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -172,16 +193,8 @@ class Trainer:
         for k, loss in zip(heads, out.losses):
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(k, self.model.method, self.step, float(loss.detach()))
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)
-        # graphs of different blocks are disjoint, so one summed backward gives each block its own gradient
-        torch.stack([loss.float() for loss in out.losses]).sum().backward()
-        if self.cfg.grad_clip:
-            for group in self.model.param_groups():
-                torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
-        for o, s in zip(self.optimizers, self.schedulers):
-            o.step()
-            s.step()
+        groups = self.model.param_groups() if self.cfg.grad_clip else []
+        update(out.losses, self.optimizers, self.schedulers, groups, self.cfg.grad_clip)
         self.step += 1
         return {
             "losses": [float(v.detach()) for v in out.losses],

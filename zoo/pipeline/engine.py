@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..decoupled import DecoupledModel, block_rng, block_seed
+from ..decoupled import DecoupledModel, forward_block
 from ..heads import LOCAL_METHODS
-from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything
+from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
 from ._comm import DATA, Link
 from .partition import stage_slices
 
@@ -188,6 +188,7 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
     mine = stage_slices(sizes)[rank]
     blocks = [model.blocks[k].to(device).train() for k in mine]
     opts, lrs = [optims[k] for k in mine], [scheds[k] for k in mine]
+    groups = [model.param_groups()[k] for k in mine]
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
     method = model.method
     rng_seed = torch.initial_seed()  # build_model seeded cfg.seed: the same base as a single-process Trainer's
@@ -208,22 +209,12 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
         t0 = time.perf_counter()
         losses = []
         for k, block in zip(mine, blocks):
-            with block_rng(block_seed(rng_seed, t, k), device):  # the draws block k makes in one process too
-                h = block([f.detach() for f in feats])
-                feats.append(h)
-                loss = block.head.loss(h, y)[0]
+            # the same forward, on the same RNG stream, as block k's in a single-process Trainer step
+            loss = forward_block(block, k, feats, y, (rng_seed, t))[0]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(k, method, t, float(loss))
             losses.append(loss)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        torch.stack([v.float() for v in losses]).sum().backward()
-        if cfg.train.grad_clip:
-            for b in blocks:
-                torch.nn.utils.clip_grad_norm_([p for p in b.parameters() if p.requires_grad], cfg.train.grad_clip)
-        for o, s in zip(opts, lrs):
-            o.step()
-            s.step()
+        update(losses, opts, lrs, groups, cfg.train.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute.append(time.perf_counter() - t0)
