@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from zoo._factory import parse_model_kwargs
+
 __all__ = [
     "BENCHES",
     "METHODS",
@@ -132,20 +134,19 @@ def _choice(value: Any, choices: tuple[str, ...], name: str) -> None:
 
 
 def parse_kwargs(items: Any) -> dict[str, Any]:
-    """`width=0.25,projector=flatten` or a mapping → dict, values read as YAML scalars (numbers, bools)."""
-    if items is None:
-        return {}
-    if isinstance(items, dict):
-        return dict(items)
-    if isinstance(items, str):
-        items = [s for s in items.split(",") if s.strip()]
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, value = str(item).partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--model-kwargs expects key=value pairs, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value.strip())
-    return out
+    """`width=0.25,projector=flatten` or a mapping → dict (zoo's parser; a malformed item is a ConfigError)."""
+    try:
+        return parse_model_kwargs(items)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def micro_batch_counts(value: Any) -> list[int]:
+    """GPipe / 1F1B micro-batch counts from an int, a list or "2,4"; each must be a positive integer."""
+    counts = _as_list([value] if isinstance(value, int) else value, int, "micro_batches")
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--micro-batches must be positive integers, got {value!r}")
+    return counts
 
 
 def resolve(values: dict[str, Any]) -> RunConfig:
@@ -156,12 +157,13 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         ("methods", str),
         ("seeds", int),
         ("noise_rates", float),
-        ("micro_batches", int),
     ):
         if name in v:
             v[name] = _as_list(v[name], kind, name)
     if "model_kwargs" in v:
         v["model_kwargs"] = parse_kwargs(v["model_kwargs"])
+    if "micro_batches" in v:
+        v["micro_batches"] = micro_batch_counts(v["micro_batches"])
     try:
         cfg = RunConfig(**v)
     except TypeError as e:
@@ -195,8 +197,6 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         val = getattr(cfg, name)
         if not isinstance(val, int) or val < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
-    if not cfg.micro_batches or any(m < 1 for m in cfg.micro_batches):
-        raise ConfigError(f"--micro-batches must be positive integers, got {cfg.micro_batches!r}")
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.lr <= 0:

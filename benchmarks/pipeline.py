@@ -34,7 +34,7 @@ from zoo.pipeline.launch import check_micro_batches
 from zoo.pipeline.partition import balanced_split, stage_slices
 from zoo.train import TrainConfig
 
-from .config import ConfigError, parse_kwargs
+from .config import ConfigError, micro_batch_counts, parse_kwargs
 from .results import append_rows, environment
 
 __all__ = ["COLUMNS", "CPU_NOTE", "run", "main", "scaling_model", "build_parser"]
@@ -116,19 +116,6 @@ def _run_engine(engine: str, cfg: PipelineConfig) -> dict[str, Any]:
         return _run_single(replace(cfg, batch_size=cfg.batch_size // cfg.micro_batches), "bp")
     res = launch(replace(cfg, engine="deinforeg" if engine == "deinforeg-pipe" else engine))
     return {"stages": res.stages, "partition": res.partition, "predicted_s": res.predicted_s, "profile": res.profile}
-
-
-def _micro_list(value: Any) -> list[int]:
-    """Micro-batch counts from an int, a list, or a comma-separated string ("2,4")."""
-    bad = ValueError(f"micro-batches must be positive integers, got {value!r}")
-    try:
-        vals = [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        vals = [vals] if isinstance(vals, int) else [int(v) for v in vals if not isinstance(v, bool)]
-    except (TypeError, ValueError):
-        raise bad from None
-    if not vals or min(vals) < 1:
-        raise bad
-    return sorted(set(vals))
 
 
 # -- scaling model ------------------------------------------------------------------------------------------------
@@ -251,6 +238,7 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
     seeds = g("seeds", [0])
     seed = seeds[0] if isinstance(seeds, list | tuple) else int(seeds)
     train = TrainConfig(optimizer=g("optimizer", "adamw"), lr=g("lr", 2e-3), weight_decay=g("weight_decay", 5e-4))
+    micro = sorted(set(micro_batch_counts(g("micro_batches", DEFAULT_MICRO_BATCHES))))
     pc = PipelineConfig(
         model=model,
         task=task,
@@ -263,7 +251,7 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         batch_size=g("batch_size", 64 if task == "cls" else 16),
         steps=g("steps", 20),
         warmup_steps=g("warmup", 3),
-        micro_batches=_micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES))[0],
+        micro_batches=micro[0],
         stages=g("stages", 2),
         seed=seed,
         train=train,
@@ -272,7 +260,6 @@ def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
         pin_cpu=g("pin_cpu", True),
         verbose=g("verbose", True),
     ).resolved()
-    micro = _micro_list(g("micro_batches", DEFAULT_MICRO_BATCHES))
     engines = [e.strip() for e in str(g("engines", ",".join(ENGINE_ORDER))).split(",") if e.strip()]
     if any(e in MICRO_ENGINES for e in engines):
         for m in micro:
@@ -539,12 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         ns.model_kwargs = parse_kwargs(ns.model_kwargs)
-        ns.micro_batches = _micro_list(ns.micro_batches)
-        ns.seeds = [int(v) for v in str(ns.seeds).split(",")]
+        ns.micro_batches = micro_batch_counts(ns.micro_batches)
     except ConfigError as e:
         parser.error(str(e))
-    except ValueError as e:
-        parser.error(str(e) if "micro-batches" in str(e) else f"--seeds must be integers, got {ns.seeds!r}")
+    try:
+        ns.seeds = [int(v) for v in str(ns.seeds).split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be integers, got {ns.seeds!r}")
     from zoo.pipeline import LaunchError, PipelineError
 
     try:

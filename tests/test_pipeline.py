@@ -210,3 +210,11 @@ def test_segmentation_pipeline_equals_single_process_and_checkpoints(tmp_path):
     model = load_checkpoint(tmp_path / "ckpt").eval()
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, cfg.resolved().num_classes, 32, 32) and torch.isfinite(out).all()
+
+
+def test_cli_rejects_malformed_model_kwargs(capsys):
+    from zoo.pipeline.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model-kwargs", "width"])
+    assert e.value.code == 2 and "--model-kwargs expects key=value pairs" in capsys.readouterr().err

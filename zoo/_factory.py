@@ -14,9 +14,29 @@ from . import _registry
 from .decoupled import DecoupledModel
 from .heads import check_method
 
-__all__ = ["create_model", "list_models", "split_tag"]
+__all__ = ["create_model", "list_models", "parse_model_kwargs", "split_tag"]
 
 TASKS = ("cls", "seg")
+
+
+def parse_model_kwargs(items: Any) -> dict[str, Any]:
+    """`width=0.25,projector=flatten` (or a list of such items, or a mapping) → dict of extra `create_model`
+    arguments, values read as YAML scalars (numbers, bools). A malformed item raises ValueError."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    import yaml
+
+    if isinstance(items, str):
+        items = [s for s in items.split(",") if s.strip()]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = str(item).partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--model-kwargs expects key=value pairs, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value.strip())
+    return out
 
 
 def split_tag(name: str) -> tuple[str, str | None]:

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .._factory import parse_model_kwargs
 from ..train import OPTIMIZERS, TrainConfig
 from .engine import ENGINES, PipelineConfig
 from .launch import LaunchError, PipelineError, in_torchrun, launch
@@ -53,19 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _kwargs(text: str | None) -> dict:
-    import yaml
-
-    out = {}
-    for item in (text or "").split(","):
-        if item.strip():
-            k, _, v = item.partition("=")
-            out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        model_kwargs = parse_model_kwargs(ns.model_kwargs)
+    except ValueError as e:
+        parser.error(str(e))
     stages = ns.stages if ns.stages is not None or in_torchrun() else 2
     cfg = PipelineConfig(
         model=ns.model,
@@ -75,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=ns.engine,
         num_blocks=ns.num_blocks,
         img_size=ns.img_size,
-        model_kwargs=_kwargs(ns.model_kwargs),
+        model_kwargs=model_kwargs,
         data=ns.dataset,
         batch_size=ns.batch_size,
         steps=ns.steps,
