@@ -1,7 +1,8 @@
 """The harness configuration: one dataclass, defaults < YAML file < command-line flags, validated up front.
 
-Every user error (unknown model, method, dataset, bad value) becomes a `ConfigError` with one line that lists the
-valid choices; `benchmarks.run` prints it and exits with code 2, never with a traceback.
+Every user error (unknown model, method, dataset, bad value) is a `zoo.errors.UserError` with one line that lists the
+valid choices; `benchmarks.run` prints it and exits with code 2, never with a traceback. Method, task and optimizer
+names and the per-task defaults come from `zoo`, where they are defined once.
 """
 
 from __future__ import annotations
@@ -15,32 +16,29 @@ from typing import Any
 
 import yaml
 
-from zoo._factory import parse_model_kwargs
+from zoo import METHODS, TASK_DEFAULTS, TASKS, UserError, parse_model_kwargs
+from zoo.train import OPTIMIZERS
 
 __all__ = [
     "BENCHES",
-    "METHODS",
-    "TASKS",
+    "DATASET_BUDGETS",
+    "ENGINE_ORDER",
+    "NOISE_KINDS",
     "WANDB_MODES",
-    "ConfigError",
     "RunConfig",
-    "default_dataset",
     "load_yaml",
     "resolve",
     "expand_models",
 ]
 
-BENCHES = ("accuracy", "noise", "throughput")
-METHODS = ("bp", "deinforeg", "greedy", "scpl")
-TASKS = ("cls", "seg")
+BENCHES = ("accuracy", "noise", "throughput", "pipeline")
 WANDB_MODES = ("offline", "online", "disabled")
 NOISE_KINDS = ("symmetric", "pair")
-OPTIMIZERS = ("sgd", "adamw", "lars")
 DEFAULT_NOISE_SWEEP = [0.0, 0.2, 0.4, 0.6]
-
-
-class ConfigError(ValueError):
-    """A bad flag or value: `benchmarks.run` prints the message and exits with code 2."""
+# what the pipeline bench measures, all on the same model, data, batch and partition (see benchmarks/pipeline.py)
+ENGINE_ORDER = ("bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "bp-single-mb")
+# a dataset's own budget when the user leaves these unset: shapes at 32 px on 128/64 images runs in minutes on 2 cores
+DATASET_BUDGETS: dict[str, dict[str, Any]] = {"shapes": {"img_size": 32, "train_size": 128, "eval_size": 64}}
 
 
 @dataclass
@@ -51,13 +49,13 @@ class RunConfig:
     task: str = "cls"  # cls (accuracy) | seg (mIoU)
     arch: str | None = None  # SMP architecture for seg (unet, fpn, deeplabv3plus, ...); None: unet
     methods: list[str] = field(default_factory=lambda: ["bp", "deinforeg"])  # trained side by side
-    bench: str = "accuracy"  # accuracy | noise | throughput
+    bench: str = "accuracy"  # accuracy | noise | throughput (one device) | pipeline (multi-device)
     dataset: str | None = None  # None: the embedded default (digits for cls, shapes for seg)
     data_root: str | None = None  # root of real datasets ($DEINFOREG_DATA_ROOT or ./data when None)
     noise_rates: list[float] | None = None  # None: [0] for accuracy, [0, .2, .4, .6] for noise
     noise_kind: str = "symmetric"  # symmetric | pair; train labels only, validation/test stay clean
-    epochs: int | None = None  # None: a few-minute CPU budget per task (3 for cls, 2 for seg)
-    batch_size: int | None = None  # None: 64 for cls, 16 for seg
+    epochs: int | None = None  # None: the task's default (zoo.TASK_DEFAULTS: 3 for cls, 2 for seg)
+    batch_size: int | None = None  # None: the task's default (64 for cls, 16 for seg)
     seeds: list[int] = field(default_factory=lambda: [0])  # one training run per seed; rows give mean ± std
     num_blocks: int | None = None  # None: the model's natural stages
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -66,21 +64,27 @@ class RunConfig:
     out: str = "runs"  # parent folder of run folders
     resume: str | None = None  # a run folder to continue (its config.yaml wins over everything else)
     leaderboard_dir: str = "leaderboards"  # where result CSVs are appended
-    img_size: int | None = None  # input resolution; None: the dataset's own (32 digits, 64 shapes)
-    train_size: int | None = None  # use only this many training images (None: the whole split)
-    eval_size: int | None = None  # use only this many validation and test images (None: whole splits)
+    img_size: int | None = None  # input resolution; None: the dataset's budget (shapes: 32) or its own size
+    train_size: int | None = None  # use only this many training images (None: the dataset's budget or all)
+    eval_size: int | None = None  # use only this many validation and test images (None: the budget or all)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to zoo.create_model (e.g. width=0.25)
     optimizer: str = "adamw"  # sgd | adamw | lars
     lr: float = 2e-3  # peak learning rate (cosine schedule)
     weight_decay: float = 5e-4  # decoupled weight decay (adamw) / L2 (sgd, lars)
     train_aug: bool = False  # dataset's own training augmentation
     bn_recalib: bool = True  # recompute BatchNorm statistics on the train images before each evaluation (all methods)
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
-    steps: int = 20  # throughput: timed steps per method
-    warmup: int = 3  # throughput: untimed steps first
-    stages: int = 1  # throughput: pipeline stages (devices); >1 dispatches to benchmarks.pipeline
-    # throughput with stages > 1: micro-batches per batch for GPipe / 1F1B; each count is measured, the best compared
+    threads: int | None = None  # torch intra-op threads (None: torch's default; pipeline on CPU: 1 per stage)
+    steps: int = 20  # throughput / pipeline: measured steps per method or engine
+    warmup: int = 3  # throughput / pipeline: untimed steps first
+    stages: int = 2  # pipeline: stage processes (devices)
+    # pipeline: micro-batches per batch for GPipe / 1F1B; each count is measured, the best compared
     micro_batches: list[int] = field(default_factory=lambda: [2, 4])
+    engines: list[str] = field(default_factory=lambda: list(ENGINE_ORDER))  # pipeline: engines to measure
+    repeats: int = 1  # pipeline: measure every engine this many times, interleaved; rows give medians
+    partition: list[int] | None = None  # pipeline: blocks per stage (None: profile and balance)
+    pin_cpu: bool = True  # pipeline on CPU: give each stage process its own core
+    bandwidth_gbps: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # pipeline: scaling-model links
+    plot: bool = True  # pipeline: plot the scaling model into the leaderboard folder
     progress: bool = True  # tqdm progress bars with ETA
     checkpoint: bool = True  # save a checkpoint after every epoch (needed for --resume)
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
@@ -93,27 +97,23 @@ class RunConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
-def default_dataset(task: str) -> str:
-    return "digits" if task == "cls" else "shapes"
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file: a mapping whose keys are RunConfig fields (dashes or underscores)."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        raise UserError(f"cannot read config file {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise UserError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        raise UserError(f"config file {path} must hold a mapping of option: value")
     out = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")
         if key not in FIELDS:
             close = difflib.get_close_matches(key, list(FIELDS), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown option {k!r} in {path}{hint}; valid options: {', '.join(FIELDS)}")
+            raise UserError(f"unknown option {k!r} in {path}{hint}; valid options: {', '.join(FIELDS)}")
         out[key] = v
     return out
 
@@ -125,27 +125,19 @@ def _as_list(v: Any, kind: type, name: str) -> list:
     try:
         return [kind(str(s).strip()) if kind is not str else str(s).strip() for s in items]
     except ValueError as e:
-        raise ConfigError(f"--{name.replace('_', '-')}: cannot read {v!r} as a list of {kind.__name__}") from e
+        raise UserError(f"--{name.replace('_', '-')}: cannot read {v!r} as a list of {kind.__name__}") from e
 
 
 def _choice(value: Any, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
-        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not valid; valid choices: {', '.join(choices)}")
-
-
-def parse_kwargs(items: Any) -> dict[str, Any]:
-    """`width=0.25,projector=flatten` or a mapping → dict (zoo's parser; a malformed item is a ConfigError)."""
-    try:
-        return parse_model_kwargs(items)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise UserError(f"--{name.replace('_', '-')} {value!r} is not valid; valid choices: {', '.join(choices)}")
 
 
 def micro_batch_counts(value: Any) -> list[int]:
     """GPipe / 1F1B micro-batch counts from an int, a list or "2,4"; each must be a positive integer."""
     counts = _as_list([value] if isinstance(value, int) else value, int, "micro_batches")
     if not counts or min(counts) < 1:
-        raise ConfigError(f"--micro-batches must be positive integers, got {value!r}")
+        raise UserError(f"--micro-batches must be positive integers, got {value!r}")
     return counts
 
 
@@ -157,64 +149,73 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         ("methods", str),
         ("seeds", int),
         ("noise_rates", float),
+        ("engines", str),
+        ("partition", int),
+        ("bandwidth_gbps", float),
     ):
         if name in v:
             v[name] = _as_list(v[name], kind, name)
     if "model_kwargs" in v:
-        v["model_kwargs"] = parse_kwargs(v["model_kwargs"])
+        v["model_kwargs"] = parse_model_kwargs(v["model_kwargs"])
     if "micro_batches" in v:
         v["micro_batches"] = micro_batch_counts(v["micro_batches"])
     try:
         cfg = RunConfig(**v)
     except TypeError as e:
-        raise ConfigError(str(e)) from e
+        raise UserError(str(e)) from e
     _choice(cfg.task, TASKS, "task")
     _choice(cfg.bench, BENCHES, "bench")
     _choice(cfg.wandb, WANDB_MODES, "wandb")
     _choice(cfg.noise_kind, NOISE_KINDS, "noise_kind")
     _choice(cfg.optimizer, OPTIMIZERS, "optimizer")
     if not cfg.methods:
-        raise ConfigError(f"--methods is empty; valid choices: {', '.join(METHODS)}")
+        raise UserError(f"--methods is empty; valid choices: {', '.join(METHODS)}")
     for m in cfg.methods:
         _choice(m, METHODS, "methods")
     cfg.methods = list(dict.fromkeys(cfg.methods))
     if not cfg.model:
-        raise ConfigError("--model is empty")
+        raise UserError("--model is empty")
     if not cfg.seeds:
-        raise ConfigError("--seeds is empty")
+        raise UserError("--seeds is empty")
     if cfg.noise_rates is None:
         cfg.noise_rates = list(DEFAULT_NOISE_SWEEP) if cfg.bench == "noise" else [0.0]
     for r in cfg.noise_rates:
         if not 0.0 <= r < 1.0:
-            raise ConfigError(f"--noise-rates: {r} is outside [0, 1)")
+            raise UserError(f"--noise-rates: {r} is outside [0, 1)")
     if cfg.bench == "accuracy" and any(cfg.noise_rates):
         cfg.bench = "noise"  # a noisy accuracy run is a noise bench: keep the clean leaderboard clean
     for name in ("epochs", "batch_size", "num_blocks", "img_size", "train_size", "eval_size", "threads"):
         val = getattr(cfg, name)
         if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
-    for name in ("stages", "steps"):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
+    for name in ("stages", "steps", "repeats"):
         val = getattr(cfg, name)
         if not isinstance(val, int) or val < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
     if cfg.warmup < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
+        raise UserError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.stages > 1 and cfg.bench != "throughput":
-        raise ConfigError("--stages > 1 is only valid with --bench throughput")
-    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"--device {cfg.device!r} is not valid; valid choices: auto, cpu, cuda, cuda:N")
-    if cfg.device.startswith("cuda"):
-        import torch
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    for e in cfg.engines:
+        _choice(e, ENGINE_ORDER, "engines")
+    if cfg.partition is not None and min(cfg.partition, default=0) < 1:
+        raise UserError(f"--partition must be positive block counts per stage, got {cfg.partition}")
+    if cfg.bench != "pipeline" and cfg.stages != FIELDS["stages"].default:
+        raise UserError(f"--stages is for --bench pipeline (the multi-device bench), not --bench {cfg.bench}")
+    if cfg.device != "auto":
+        from zoo.runtime import resolve_device
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available here; valid choices: auto, cpu")
+        try:
+            resolve_device(cfg.device)
+        except UserError as e:
+            raise UserError(f"--{e}") from None
+    defaults = TASK_DEFAULTS[cfg.task]
+    cfg.arch = cfg.arch or defaults["arch"]
+    if cfg.task == "cls" and cfg.arch is not None:
+        raise UserError("--arch is the SMP architecture of --task seg; a classifier is named by --model alone")
     _check_dataset(cfg)
-    if cfg.epochs is None:
-        cfg.epochs = 3 if cfg.task == "cls" else 2
-    if cfg.batch_size is None:
-        cfg.batch_size = 64 if cfg.task == "cls" else 16
+    cfg.epochs = cfg.epochs or defaults["epochs"]
+    cfg.batch_size = cfg.batch_size or defaults["batch_size"]
     cfg.model = expand_models(cfg.model, cfg.task)
     return cfg
 
@@ -222,15 +223,13 @@ def resolve(values: dict[str, Any]) -> RunConfig:
 def _check_dataset(cfg: RunConfig) -> None:
     import datasets
 
-    if cfg.dataset is None:
-        cfg.dataset = default_dataset(cfg.task)
-    try:
-        info = datasets.get_dataset_info(cfg.dataset)
-    except datasets.DatasetError as e:
-        raise ConfigError(str(e)) from e
+    from .build import dataset_info
+
+    cfg.dataset = cfg.dataset or TASK_DEFAULTS[cfg.task]["dataset"]
+    info = dataset_info(cfg.dataset)
     if info.task != cfg.task:
         valid = datasets.list_datasets(task=cfg.task)
-        raise ConfigError(f"dataset {cfg.dataset!r} is for task {info.task}; for {cfg.task}: {', '.join(valid)}")
+        raise UserError(f"dataset {cfg.dataset!r} is for task {info.task}; for {cfg.task}: {', '.join(valid)}")
     cfg.dataset = info.name
 
 
@@ -244,14 +243,14 @@ def expand_models(names: list[str], task: str) -> list[str]:
         if any(c in name for c in "*?["):
             hits = [n for n in known if fnmatch.fnmatch(n, name)]
             if not hits:
-                raise ConfigError(f"--model {name!r} matches no {task} model")
+                raise UserError(f"--model {name!r} matches no {task} model")
             out += hits
         elif name.split(".")[0] in known:
             out.append(name)
         else:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
+            raise UserError(
                 f'unknown {task} model {name!r}{hint} (`python -c "import zoo; print(zoo.list_models())"`)'
             )
     return list(dict.fromkeys(out))

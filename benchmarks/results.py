@@ -1,4 +1,6 @@
-"""Result rows: the environment every row records, and an atomic, lock-protected CSV append.
+"""Result rows: an atomic, lock-protected CSV append, and the run's own record of them (rows.json and W&B).
+
+The environment every row records (`zoo.runtime.environment`: device, torch, commit, date) is defined in `zoo`.
 
 Leaderboard CSVs have fixed columns and are only ever appended to by the harness. Two runs that finish at once
 must not lose or tear a row: each append takes an exclusive `flock` on a sidecar lock file, writes the header only
@@ -8,19 +10,17 @@ when the file is new, and writes the rows in one `write` followed by `fsync`.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import fcntl
 import io
+import json
 import os
-import platform
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from zoo.runtime import ENV_COLUMNS, environment
 
-__all__ = ["append_rows", "read_rows", "environment", "format_value"]
+__all__ = ["ENV_COLUMNS", "append_rows", "read_rows", "environment", "format_value", "record_rows"]
 
 
 def format_value(v: Any) -> str:
@@ -75,31 +75,33 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _git(*args: str) -> str:
-    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip()
+def _summary_key(r: Mapping[str, Any]) -> str:
+    if "engine" not in r:  # one device: model / method
+        return f"{r['model']}/{r['method']}"
+    m = f"/M{r['micro_batches']}" if r["engine"] in ("gpipe", "1f1b") else ""
+    mb = f"/batch{r['batch_size']}" if r["engine"] == "bp-single-mb" else ""
+    meth = f"/{r['method']}" if r["engine"] in ("deinforeg-pipe", "deinforeg-single") else ""
+    return f"{r['model']}/{r['engine']}{meth}{m}{mb}"
 
 
-def _git_commit() -> str:
-    """Short commit hash, with `+dirty` when tracked files differ from it."""
-    try:
-        commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+SUMMARY_FIGURES = ("samples_per_s", "step_ms", "ratio_vs_bp", "speedup_vs_bp", "speedup_vs_pipelining_bp", "peak_mem_mb")
 
 
-def environment(device: str | torch.device = "cpu") -> dict[str, str]:
-    """What every row records about where it ran: device name, torch version, commit, date."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
-    return {
-        "device": name,
-        "torch": torch.__version__,
-        "commit": _git_commit(),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+def record_rows(cfg: Any, run_dir: Path, run_id: str, rows: list[dict[str, Any]], log: Any = print) -> None:
+    """rows.json in the run folder, and one W&B run (`<run dir>/runs/<bench>/wandb`) with the rows as a table and
+    the headline figures as its summary, keyed by model and method or engine."""
+    from ._wandb import start_run
+
+    (Path(run_dir) / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    if not rows:
+        return
+    tags = [cfg.bench, cfg.task] + ([f"stages{cfg.stages}"] if cfg.bench == "pipeline" else [])
+    wb = start_run(
+        cfg.wandb, cfg.wandb_project, Path(run_dir) / "runs" / cfg.bench, f"{run_id}-{cfg.bench}", run_id,
+        cfg.to_dict(), tags, log,
+    )  # fmt: skip
+    columns = list(rows[0])
+    wb.table("rows", columns, [[r.get(c) for c in columns] for r in rows])
+    figures = {f"{_summary_key(r)}/{k}": r[k] for r in rows for k in SUMMARY_FIGURES if r.get(k) not in (None, "")}
+    wb.summary(figures)
+    wb.finish()

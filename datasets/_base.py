@@ -27,8 +27,9 @@ __all__ = [
 SPLIT_SEED = 0  # fixed: validation and test membership never move with the training seed
 
 
-class DatasetError(Exception):
-    """A user-fixable problem (unknown name, missing or incomplete files); the message says what to do."""
+class DatasetError(ValueError):
+    """A user-fixable problem (unknown name, bad split, size or noise rate, missing or incomplete files); the message
+    says what to do. The harness reports it as a user error (one line, exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DatasetInfo:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     ignore_index: int = -100  # 255 for segmentation (void pixels), the CE default for classification
     class_names: tuple[str, ...] | None = None
+    procedural: bool = False  # generated on demand: asking for fewer images generates only those
 
 
 class _Base(Dataset):
@@ -55,6 +57,10 @@ class _Base(Dataset):
         self.info = info
         self.split = split
         self.noise_audit: dict[str, Any] | None = None
+
+    def take(self, indices: Sequence[int]) -> None:
+        """Keep only the items at `indices`, in that order (before any label noise is drawn)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         noise = "" if self.noise_audit is None else f", noise={self.noise_audit['kind']}@{self.noise_audit['rate']}"
@@ -80,6 +86,11 @@ class TensorClsDataset(_Base):
         self.targets = targets.long()
         self.clean_targets = self.targets
         self.transform = transform
+
+    def take(self, indices: Sequence[int]) -> None:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        self.images, self.targets = self.images[idx], self.targets[idx]
+        self.clean_targets = self.targets
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -109,6 +120,11 @@ class TensorSegDataset(_Base):
         self.clean_masks = masks
         self.transform = transform
 
+    def take(self, indices: Sequence[int]) -> None:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        self.images, self.masks = self.images[idx], self.masks[idx]
+        self.clean_masks = self.masks
+
     def __len__(self) -> int:
         return len(self.images)
 
@@ -132,6 +148,12 @@ class FileClsDataset(_Base):
         self.targets = targets.long()
         self.clean_targets = self.targets
         self.transform = transform
+
+    def take(self, indices: Sequence[int]) -> None:
+        idx = list(indices)
+        self.paths = [self.paths[i] for i in idx]
+        self.targets = self.targets[torch.as_tensor(idx, dtype=torch.long)]
+        self.clean_targets = self.targets
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,6 +186,13 @@ class FileSegDataset(_Base):
         self.length = length
         self.transform = transform
         self.relabel_plan: dict[int, list[tuple[int, int, int]]] = {}
+
+    def take(self, indices: Sequence[int]) -> None:
+        idx = list(indices)
+        image, mask = self.load_image, self.load_mask
+        self.load_image = lambda i: image(idx[i])
+        self.load_mask = lambda i: mask(idx[i])
+        self.length = len(idx)
 
     def __len__(self) -> int:
         return self.length

@@ -96,38 +96,49 @@ def create_dataset(
     noise_kind: str = "symmetric",
     noise_seed: int = 0,
     train_aug: bool = False,
+    limit: int | None = None,
     **kwargs: Any,
 ) -> Dataset:
     """Build one split of a dataset; items are `(image [3, S, S] normalised, target)`.
 
     `root` (default $DEINFOREG_DATA_ROOT or ./data) is only read for real datasets. `seed` drives procedural
     generation (shapes); split membership never depends on it. `train_aug` applies only to the train split.
-    Label noise (`noise_rate` > 0) is allowed on the train split only and is recorded in `dataset.noise_audit`.
+    `limit` keeps only that many images of the split: a procedural dataset generates only those, any other keeps a
+    fixed subset (the same for every seed). Label noise (`noise_rate` > 0, train split only, recorded in
+    `dataset.noise_audit`) is drawn after that, over exactly the images kept: `round(rate·limit)` labels flip.
     Keyword arguments set to None are dropped, so CLI defaults never override a dataset's own.
     """
     entry = _REGISTRY[_canonical(name)]
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if noise_rate and split != "train":
-        raise ValueError(
+        raise DatasetError(
             f"label noise is only applied to the train split (validation and test stay clean), got {split!r}"
         )
     info = entry.info if image_size is None else replace(entry.info, image_size=int(image_size))
     if noise_kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise kind {noise_kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+        raise DatasetError(f"unknown noise kind {noise_kind!r}; choose one of {', '.join(NOISE_KINDS)}")
     if noise_rate:  # fail on a bad rate before any data is read
-        if info.task == "cls":
-            check_noise_rate(noise_rate, info.num_classes, noise_kind)
-        else:
-            check_region_noise_rate(noise_rate, info.num_classes, noise_kind)
+        check = check_noise_rate if info.task == "cls" else check_region_noise_rate
+        try:
+            check(noise_rate, info.num_classes, noise_kind)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise DatasetError(f"limit must be a positive number of images, got {limit!r}")
+    if limit is not None and info.procedural:
+        kwargs["size"] = limit
     try:
         ds = entry.build(info, split, real.resolve_root(root), bool(download), bool(train_aug), int(seed), **kwargs)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
-            raise TypeError(f"dataset {info.name!r} does not accept these options: {sorted(kwargs)} ({e})") from e
+            raise DatasetError(f"dataset {info.name!r} does not accept these options: {sorted(kwargs)} ({e})") from e
         raise
     ds.embedded = entry.embedded
+    if limit is not None and not info.procedural and limit < len(ds):
+        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(12345))[:limit].sort().values
+        ds.take(keep.tolist())
     if noise_rate:
         _apply_noise(ds, float(noise_rate), noise_kind, int(noise_seed))
     return ds
@@ -220,7 +231,8 @@ def _digits(info: DatasetInfo, split: str, root: Path, download: bool, train_aug
 
 
 @register_dataset(
-    DatasetInfo("shapes", "seg", 4, 64, 3, _SHAPES_MEAN, _SHAPES_STD, 255, embedded.SHAPES_CLASSES), embedded=True
+    DatasetInfo("shapes", "seg", 4, 64, 3, _SHAPES_MEAN, _SHAPES_STD, 255, embedded.SHAPES_CLASSES, procedural=True),
+    embedded=True,
 )
 def _shapes(
     info: DatasetInfo,

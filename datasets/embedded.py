@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._base import carve_split
+from ._base import DatasetError, carve_split
 
 __all__ = ["SHAPES_CLASSES", "SHAPES_SIZES", "digits_split_indices", "load_digits_split", "generate_shapes"]
 
@@ -136,7 +136,7 @@ def generate_shapes(
     """
     n = SHAPES_SIZES[split] if size is None else int(size)
     if n < 0 or image_size < 8:
-        raise ValueError(f"shapes needs size >= 0 and image_size >= 8, got size={n}, image_size={image_size}")
+        raise DatasetError(f"shapes needs size >= 0 and image_size >= 8, got size={n}, image_size={image_size}")
     pairs = [_render_one(seed, _SPLIT_CODE[split], i, image_size, noise_std) for i in range(n)]
     images = torch.from_numpy(np.stack([p[0] for p in pairs])) if pairs else torch.zeros(0, 3, image_size, image_size)
     masks = torch.from_numpy(np.stack([p[1] for p in pairs])) if pairs else torch.zeros(0, image_size, image_size)

@@ -44,7 +44,7 @@ def test_unknown_name_and_bad_split():
         datasets.create_dataset("cifr10", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         datasets.create_dataset("digits", "validation")
-    with pytest.raises(TypeError, match="does not accept"):
+    with pytest.raises(DatasetError, match="does not accept"):
         datasets.create_dataset("digits", "train", size=3)
 
 

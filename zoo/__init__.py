@@ -1,24 +1,31 @@
 """DeInfoReg Zoo: decoupled supervised learning with information regularization for timm and SMP models."""
 
 from . import losses
-from ._factory import create_model, list_models
+from ._factory import create_model, list_models, parse_model_kwargs
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
 from .export import export
-from .heads import METHODS
+from .errors import UserError
+from .heads import LOCAL_METHODS, METHODS
 from .models import paper_resnet18, paper_vgg
+from .tasks import TASK_DEFAULTS, TASKS
 
 __all__ = [
     "Block",
     "CheckpointError",
     "DecoupledModel",
+    "LOCAL_METHODS",
     "METHODS",
+    "TASKS",
+    "TASK_DEFAULTS",
+    "UserError",
     "build_decoupled",
     "create_model",
     "export",
     "list_models",
     "load_checkpoint",
     "losses",
+    "parse_model_kwargs",
     "paper_resnet18",
     "paper_vgg",
     "save_checkpoint",

@@ -12,11 +12,11 @@ from typing import Any
 
 from . import _registry
 from .decoupled import DecoupledModel
+from .errors import UserError
 from .heads import check_method
+from .tasks import TASK_DEFAULTS, check_task
 
 __all__ = ["create_model", "list_models", "parse_model_kwargs", "split_tag"]
-
-TASKS = ("cls", "seg")
 
 
 def parse_model_kwargs(items: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def parse_model_kwargs(items: Any) -> dict[str, Any]:
     for item in items:
         key, eq, value = str(item).partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"--model-kwargs expects key=value pairs, got {item!r}")
+            raise UserError(f"--model-kwargs expects key=value pairs, got {item!r}")
         out[key.strip()] = yaml.safe_load(value.strip())
     return out
 
@@ -56,8 +56,7 @@ def create_model(
     **kwargs: Any,
 ) -> DecoupledModel:
     """Build a DecoupledModel. See the module docstring for how `name`, `task` and `arch` are read."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    check_task(task)
     check_method(method)
     base, tag = split_tag(name)
     if pretrained or tag is not None:
@@ -79,13 +78,12 @@ def create_model(
         return timm_adapter.create(base, method=method, **kwargs)
     from .adapters import smp as smp_adapter
 
-    return smp_adapter.create(base, arch=arch or "unet", method=method, **kwargs)
+    return smp_adapter.create(base, arch=arch or TASK_DEFAULTS["seg"]["arch"], method=method, **kwargs)
 
 
 def list_models(pattern: str | None = None, task: str | None = None, pretrained: bool = False) -> list[str]:
     """Names the zoo can build (`pretrained=True`: the `name.tag` checkpoints it can pull), with wildcards."""
-    if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    check_task(task)
     if pretrained:
         from . import checkpoints
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import losses
+from .errors import UserError
 
 __all__ = [
     "METHODS",
@@ -39,7 +40,7 @@ PROJECTORS = ("pool", "flatten")
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid choices: {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}; valid choices: {', '.join(METHODS)}")
     return method
 
 
@@ -120,7 +121,7 @@ class _LocalHeadBase(nn.Module):
     ):
         super().__init__()
         if method not in LOCAL_METHODS:
-            raise ValueError(f"method {method!r} has no local head; valid choices: {', '.join(LOCAL_METHODS)}")
+            raise UserError(f"method {method!r} has no local head; valid choices: {', '.join(LOCAL_METHODS)}")
         self.method = method
         self.num_classes = num_classes
         self.ce_weight = ce_weight

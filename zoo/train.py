@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .decoupled import DecoupledModel
+from .errors import UserError
 from .metrics import ConfusionMatrix, metric_name
 
 __all__ = [
@@ -88,9 +89,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+            raise UserError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise UserError(f"lr must be positive, got {self.lr}")
 
 
 def _fusable(params: list[nn.Parameter]) -> bool:

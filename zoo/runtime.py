@@ -1,0 +1,130 @@
+"""Where a run happens: the device, the commit, the environment columns every result row records, peak memory.
+
+One definition of each, used by every bench and by checkpoints, so rows of different benches compare.
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the growth of the process's peak resident set
+(VmHWM in /proc/self/status, reset through /proc/self/clear_refs) over the resident set at `start()`, measured after
+`malloc_trim` has handed freed heap pages back to the system (so earlier work in the same process does not hide this
+one's allocations): it counts tensors, autograd buffers and allocator caches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+__all__ = ["PeakMemory", "environment", "git_commit", "resolve_device", "sync"]
+
+ENV_COLUMNS = ("device", "torch", "commit", "date")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` → cuda when available, else cpu; `cpu`, `cuda`, `cuda:N` as given (a UserError if unavailable)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"device {name!r} is not valid; valid choices: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name}: CUDA is not available here; valid choices: auto, cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"device {name!r} is not valid ({e}); valid choices: auto, cpu, cuda, cuda:N") from None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a timer measures it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def git_commit(path: str | os.PathLike | None = None, full: bool = False) -> str | None:
+    """The commit of the repository holding `path` (default: this package), with `+dirty` when tracked files
+    differ from it; None outside a git checkout (an installed package)."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = _git("rev-parse", "HEAD" if full else "--short=12", *([] if full else ["HEAD"]), cwd=cwd)
+        if not commit:
+            return None
+        dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, str]:
+    """The columns every result row records about where it ran: device name, torch version, commit, date."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "commit": git_commit() or "unknown",
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _proc_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of a piece of work in MB: `start()`, do the work, `peak_mb()` (see the module docstring)."""
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss_growth"
+        self._base = 0
+
+    def start(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        gc.collect()
+        _malloc_trim()  # hand freed heap pages back, so the resident set is close to live memory
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self._base = _proc_kb("VmRSS") or 0
+        return self
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        hwm = _proc_kb("VmHWM")
+        return float("nan") if hwm is None else max(0, hwm - self._base) / 1024
