@@ -1,54 +1,37 @@
-"""Train one (model, method, seed, noise rate) run with `zoo.train.Trainer`, resumably, and measure it.
+"""Train one (model, method, seed, noise rate) run through `zoo.train.Trainer.fit`, resumably, and measure it.
 
-Each run owns a folder: `metrics.jsonl` (one line per epoch), `noise_audit.json`, `checkpoint/` (saved with
-`zoo.checkpoints.save_checkpoint` after every epoch, with the trainer state), `result.json` (written last: a run
-with it is finished and is skipped on `--resume`). The test metric reported is the one of the exit chosen on the
-validation split; the test split is never used to choose anything.
-
-Data order is a pure function of (seed, epoch), so a run resumed mid-epoch replays exactly the batches it had not
-seen: together with the trainer's RNG state this makes a resumed CPU run end with the same metrics.
-
-Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the growth of the process's peak resident set
-(VmHWM in /proc/self/status, reset per run through /proc/self/clear_refs) over the resident set at the start of the
-run, measured after `malloc_trim` has handed freed heap pages back to the system (so earlier runs in the same process
-do not hide this one's allocations): it counts tensors, autograd buffers and allocator caches.
+The training loop is zoo's; the harness adds what a benchmark run needs through callbacks: tqdm progress with ETA,
+per-epoch `metrics.jsonl`, W&B logging, a checkpoint after every epoch (with the trainer state, so `--resume`
+continues mid-run) and Ctrl-C handling. Each run owns a folder: `metrics.jsonl`, `noise_audit.json`, `checkpoint/`,
+and `result.json` (written last: a run with it is finished and is skipped on `--resume`). The test metric reported
+is the one of the exit chosen on the validation split; the test split is never used to choose anything.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
 import signal
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 import datasets
-import zoo
-from zoo.train import NonFiniteLossError, TrainConfig, Trainer, seed_everything
+from zoo.checkpoints import resume_trainer, save_checkpoint
+from zoo.runtime import PeakMemory, resolve_device
+from zoo.train import Callback, NonFiniteLossError, TrainConfig, Trainer, TrainingStopped, seed_everything
 
 from ._wandb import start_run
+from .build import EpochBatches, build_datasets, build_model, eval_loader
 from .config import RunConfig
 
-__all__ = [
-    "Interrupted",
-    "RunFailed",
-    "RunSpec",
-    "PeakMemory",
-    "build_datasets",
-    "build_model",
-    "install_sigint",
-    "resolve_device",
-    "train_one",
-]
+__all__ = ["Interrupted", "RunFailed", "RunSpec", "install_sigint", "recalibrate_bn", "train_one", "train_config"]
 
 
 class Interrupted(Exception):
@@ -74,62 +57,6 @@ def install_sigint() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# -- memory ------------------------------------------------------------------------------------------------
-def _proc_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory of a block of work in MB (see the module docstring for what is counted on CPU)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss_growth"
-        self._base = 0
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = 0
-            return
-        gc.collect()
-        _malloc_trim()  # hand freed heap pages back, so the resident set is close to live memory
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass
-        self._base = _proc_kb("VmRSS") or 0
-
-    def peak_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        hwm = _proc_kb("VmHWM")
-        return float("nan") if hwm is None else max(0, hwm - self._base) / 1024
-
-
-# -- build -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of the grid."""
@@ -144,81 +71,9 @@ class RunSpec:
         return f"{self.model.replace('/', '_')}-{self.method}-noise{self.noise_rate:g}-seed{self.seed}"
 
 
-def build_datasets(cfg: RunConfig, seed: int, noise_rate: float) -> tuple[Any, Any, Any, dict | None]:
-    """Train (noisy), validation and test splits (clean), limited by train_size / eval_size."""
-    info = datasets.get_dataset_info(cfg.dataset)
-    common = dict(root=cfg.data_root, image_size=cfg.img_size, seed=0)
-    sized = info.name == "shapes"  # procedural: generate only the images we use
-    kw_train = {"size": cfg.train_size} if sized and cfg.train_size else {}
-    kw_eval = {"size": cfg.eval_size} if sized and cfg.eval_size else {}
-    train = datasets.create_dataset(
-        cfg.dataset,
-        "train",
-        noise_rate=noise_rate,
-        noise_kind=cfg.noise_kind,
-        noise_seed=seed,
-        train_aug=cfg.train_aug,
-        **common,
-        **kw_train,
-    )
-    audit = getattr(train, "noise_audit", None)
-    val = datasets.create_dataset(cfg.dataset, "val", **common, **kw_eval)
-    test = datasets.create_dataset(cfg.dataset, "test", **common, **kw_eval)
-    if not sized:
-        # a fixed subset (independent of the seed) so every method and seed sees the same images
-        train = _subset(train, cfg.train_size)
-        val, test = _subset(val, cfg.eval_size), _subset(test, cfg.eval_size)
-    return train, val, test, audit
-
-
-def _subset(ds: Any, n: int | None) -> Any:
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(12345))[:n].sort().values.tolist()
-    sub = Subset(ds, idx)
-    sub.embedded = getattr(ds, "embedded", False)
-    return sub
-
-
-def _num_workers(ds: Any) -> int:
-    return 0 if getattr(ds, "embedded", False) else min(4, os.cpu_count() or 1)
-
-
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled full batches of one epoch, a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    bs = min(batch_size, n)
-    return [perm[i : i + bs] for i in range(0, n - bs + 1, bs)]
-
-
-def _train_loader(ds: Any, batches: list[list[int]], seed: int, epoch: int) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_sampler=batches,
-        num_workers=_num_workers(ds),
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-def eval_loader(ds: Any, batch_size: int) -> DataLoader:
-    return datasets.create_loader(ds, batch_size, shuffle=False, num_workers=_num_workers(ds))
-
-
-def build_model(cfg: RunConfig, name: str, method: str) -> zoo.DecoupledModel:
-    info = datasets.get_dataset_info(cfg.dataset)
-    kw = dict(cfg.model_kwargs)
-    kw.setdefault("img_size", cfg.img_size or info.image_size)
-    return zoo.create_model(
-        name,
-        task=cfg.task,
-        method=method,
-        num_classes=info.num_classes,
-        num_blocks=cfg.num_blocks,
-        arch=cfg.arch if cfg.task == "seg" else None,
-        **kw,
-    )
+def train_config(cfg: RunConfig) -> TrainConfig:
+    """The optimizer settings of a run (every bench trains with these)."""
+    return TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -247,26 +102,82 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     model.train(was_training)
 
 
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# -- train -------------------------------------------------------------------------------------------------
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=float))
     os.replace(tmp, path)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _blocks_str(values: list[float | None]) -> str:
     return " ".join("-" if v is None else f"{v:.1f}" for v in values)
 
 
+# -- the harness's callbacks -------------------------------------------------------------------------------------
+class _Progress(Callback):
+    """A tqdm bar over every step of the run, with ETA and the current loss; one line per epoch."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.bar = total, desc, None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, initial=trainer.step, desc=self.desc, unit="step", leave=False)
+
+    def on_step(self, trainer: Trainer, out: dict[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{sum(out['losses']):.3f}")
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.bar.write(f"{self.desc} epoch {record['epoch']}: val {record['metric_name']} per block "
+                       f"{_blocks_str(record['val_per_block'])}")  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Record(Callback):
+    """metrics.jsonl and W&B, one record per epoch."""
+
+    def __init__(self, path: Path, wb: Any):
+        self.path, self.wb = path, wb
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        name = record["metric_name"]
+        wlog = {"epoch": record["epoch"], f"val/{name}_last": record["val_last"]}
+        wlog.update({f"val/{name}_block{k + 1}": v for k, v in enumerate(record["val_per_block"]) if v is not None})
+        wlog.update({f"train/loss_head{k + 1}": v for k, v in enumerate(record["train_loss"])})
+        self.wb.log(wlog, step=record["step"])
+
+
+class _Checkpoint(Callback):
+    """A resumable checkpoint after every epoch (with `--checkpoint`) and whenever the run is stopped."""
+
+    def __init__(self, save: Callable[[], None], every_epoch: bool):
+        self.save, self.every_epoch = save, every_epoch
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if self.every_epoch:
+            self.save()
+
+    def on_stop(self, trainer: Trainer) -> None:
+        self.save()
+
+
+class _StopOnRequest(Callback):
+    """Stop after the current step on Ctrl-C, or after `after_steps` steps (tests)."""
+
+    def __init__(self, after_steps: int | None):
+        self.after_steps = after_steps
+
+    def should_stop(self, trainer: Trainer) -> bool:
+        return _STOP["requested"] or (self.after_steps is not None and trainer.step >= self.after_steps)
+
+
+# -- one run -----------------------------------------------------------------------------------------------------
 def train_one(
     cfg: RunConfig,
     spec: RunSpec,
@@ -282,121 +193,67 @@ def train_one(
         log(f"{position}{spec.key}: finished earlier, reusing {done}")
         return json.loads(done.read_text())
     device = resolve_device(cfg.device)
-    seed_everything(spec.seed)
     train_ds, val_ds, test_ds, audit = build_datasets(cfg, spec.seed, spec.noise_rate)
     if audit is not None:
         datasets.noise.save_audit(audit, run_dir / "noise_audit.json")
     seed_everything(spec.seed)
     model = build_model(cfg, spec.model, spec.method)
-    steps_per_epoch = len(_epoch_batches(len(train_ds), cfg.batch_size, spec.seed, 0))
-    total = steps_per_epoch * cfg.epochs
-    tcfg = TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    trainer = Trainer(model, tcfg, total_steps=total, device=device)
+    source = EpochBatches(train_ds, cfg.batch_size, spec.seed)
+    total = len(source) * cfg.epochs
+    trainer = Trainer(model, train_config(cfg), total_steps=total, device=device)
     val_loader = eval_loader(val_ds, cfg.batch_size)
     bn_loader = eval_loader(train_ds, cfg.batch_size)
 
-    def evaluate(loader: DataLoader, adaptive: bool):
+    def evaluate(loader: DataLoader, adaptive: bool = False):
         if cfg.bn_recalib:
             recalibrate_bn(model, bn_loader, device)
         return trainer.evaluate(loader, adaptive=adaptive)
 
     ckpt = run_dir / "checkpoint"
-    progress: dict[str, Any] = {"epoch_step": 0, "history": [], "step_times": []}
     if (ckpt / "training_state.pt").exists():
-        from zoo.checkpoints import load_training_state, resume_trainer
-
         resume_trainer(trainer, ckpt)
-        progress = dict((load_training_state(ckpt) or {}).get("harness") or progress)
         log(f"{position}{spec.key}: resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
     metrics_path = run_dir / "metrics.jsonl"
     if trainer.step == 0 and metrics_path.exists():
         metrics_path.unlink()
 
     wb_config = {**cfg.to_dict(), "model": spec.model, "method": spec.method, "seed": spec.seed}
-    wb_config.update(noise_rate=spec.noise_rate, run_key=spec.key, steps_per_epoch=steps_per_epoch)
+    wb_config.update(noise_rate=spec.noise_rate, run_key=spec.key, steps_per_epoch=len(source))
     wb = start_run(cfg.wandb, cfg.wandb_project, run_dir, spec.key, group, wb_config, [cfg.bench, cfg.task], log)
 
     def save(final: bool = False, extra: dict | None = None) -> None:
-        if not cfg.checkpoint and not final:
-            return
-        from zoo.checkpoints import save_checkpoint
-
-        state = None
-        if not final:  # the final checkpoint keeps weights only: a finished run is never resumed
-            state = trainer.state_dict()
-            state["harness"] = progress
+        # the final checkpoint keeps weights only: a finished run is never resumed
         meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.noise_kind}
         meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **(extra or {}))
-        save_checkpoint(model, ckpt, metadata=meta, trainer_state=state)
+        save_checkpoint(model, ckpt, metadata=meta, trainer_state=None if final else trainer.state_dict())
 
-    mem = PeakMemory(device)
-    mem.start()
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=trainer.step, desc=f"{position}{spec.key}", unit="step", leave=False)
+    progress = _Progress(total, f"{position}{spec.key}") if cfg.progress else None
+    callbacks = [
+        _Record(metrics_path, wb),
+        _Checkpoint(save, cfg.checkpoint),
+        _StopOnRequest(cfg.interrupt_after_steps),
+    ]
+    mem = PeakMemory(device).start()
     try:
-        while trainer.epoch < cfg.epochs:
-            batches = _epoch_batches(len(train_ds), cfg.batch_size, spec.seed, trainer.epoch)
-            start = int(progress["epoch_step"])
-            loss_sum: list[float] = list(progress.get("loss_sum") or [])
-            for i, (x, y) in enumerate(_train_loader(train_ds, batches[start:], spec.seed, trainer.epoch)):
-                _sync(device)
-                t0 = time.perf_counter()
-                out = trainer.train_step(x, y)
-                _sync(device)
-                progress["step_times"].append(time.perf_counter() - t0)
-                loss_sum = [a + b for a, b in zip(loss_sum, out["losses"])] if loss_sum else list(out["losses"])
-                progress["epoch_step"] = start + i + 1
-                progress["loss_sum"] = loss_sum
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sum(out['losses']):.3f}")
-                stop_test = cfg.interrupt_after_steps is not None and trainer.step >= cfg.interrupt_after_steps
-                if _STOP["requested"] or stop_test:
-                    save()
-                    wb.finish(exit_code=130)
-                    raise Interrupted(f"{spec.key}: stopped at step {trainer.step}; checkpoint in {ckpt}")
-            trainer.epoch += 1
-            val = evaluate(val_loader, adaptive=False)
-            n = max(1, int(progress["epoch_step"]))
-            rec = {
-                "epoch": trainer.epoch,
-                "step": trainer.step,
-                "train_loss": [s / n for s in loss_sum],
-                "val_per_block": val.per_block,
-                "val_last": val.last,
-                "lr": trainer.schedulers[0].get_last_lr()[0],
-            }
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            progress["history"].append(rec)
-            progress["epoch_step"], progress["loss_sum"] = 0, []
-            wlog = {"epoch": trainer.epoch, f"val/{val.metric_name}_last": val.last}
-            for k, v in enumerate(val.per_block):
-                if v is not None:
-                    wlog[f"val/{val.metric_name}_block{k + 1}"] = v
-            for k, v in enumerate(rec["train_loss"]):
-                wlog[f"train/loss_head{k + 1}"] = v
-            wb.log(wlog, step=trainer.step)
-            if bar is not None:
-                bar.write(f"{position}{spec.key} epoch {trainer.epoch}: val {val.metric_name} per block "
-                          f"{_blocks_str(val.per_block)}")  # fmt: skip
-            save()
+        trainer.fit(
+            source, cfg.epochs, val=lambda t: evaluate(val_loader), callbacks=[*callbacks, progress or Callback()]
+        )
+    except TrainingStopped as e:
+        wb.finish(exit_code=130)
+        raise Interrupted(f"{spec.key}: {e}; checkpoint in {ckpt}") from None
     except NonFiniteLossError as e:
         wb.finish(exit_code=1)
         last = f"last good checkpoint: {ckpt}" if (ckpt / "config.json").exists() else "no checkpoint was saved yet"
         raise RunFailed(f"{spec.key}: {e}; {last}") from e
     finally:
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
     peak = mem.peak_mb()
 
-    val = evaluate(val_loader, adaptive=False)
-    best = trainer.select_best_block(val)
+    best = int(model.best_block)
+    val = evaluate(val_loader)  # the statistics the test below uses
     test = trainer.evaluate(eval_loader(test_ds, cfg.batch_size), adaptive=spec.method != "bp")  # same BN stats
-    times = progress["step_times"][2:] or progress["step_times"]  # the first steps warm caches up
+    times = trainer.step_times[2:] or trainer.step_times  # the first steps warm caches up
     step_s = statistics.median(times) if times else float("nan")
     result = {
         "model": spec.model,
@@ -412,7 +269,7 @@ def train_one(
         "last": test.last,
         "adaptive": test.adaptive,
         "adaptive_depth": test.adaptive_depth,
-        "params": count_params(model),
+        "params": sum(p.numel() for p in model.parameters()),
         "step_ms": 1000 * step_s,
         "samples_per_s": cfg.batch_size / step_s if step_s and not math.isnan(step_s) else float("nan"),
         "peak_mem_mb": peak,
@@ -421,7 +278,7 @@ def train_one(
         "steps": trainer.step,
         "train_size": len(train_ds),
         "noise_flipped": (audit or {}).get("num_flipped", 0),
-        "history": progress["history"],
+        "history": trainer.history,
     }
     save(final=True, extra={"metrics": {k: result[k] for k in ("metric", "best_block", "per_block", "adaptive")}})
     summary = {k: v for k, v in result.items() if k not in ("history", "per_block")}

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._runner import RunSpec, train_one
 from .config import RunConfig
-from .results import append_rows
+from .results import ENV_COLUMNS, append_rows
 
 __all__ = ["COLUMNS", "run", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
 
@@ -49,10 +49,7 @@ COLUMNS = (
     "samples_per_s",
     "peak_mem_mb",
     "mem_kind",
-    "device",
-    "torch",
-    "commit",
-    "date",
+    *ENV_COLUMNS,
     "run_id",
 )
 
@@ -111,7 +108,7 @@ def rows_from_results(
                 "bench": bench,
                 "task": cfg.task,
                 "model": model,
-                "arch": (cfg.arch or "unet") if cfg.task == "seg" else "",
+                "arch": cfg.arch or "",
                 "model_kwargs": ";".join(f"{k}={v}" for k, v in sorted(cfg.model_kwargs.items())),
                 "img_size": cfg.img_size or "",
                 "method": method,

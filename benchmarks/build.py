@@ -32,6 +32,7 @@ __all__ = [
     "dataset_info",
     "eval_loader",
     "model_builder",
+    "preflight",
     "user_errors",
 ]
 
@@ -71,9 +72,7 @@ def _model_kwargs(cfg: RunConfig) -> dict[str, Any]:
     info = dataset_info(cfg.dataset)
     kw = dict(cfg.model_kwargs)
     kw.setdefault("img_size", cfg.img_size or info.image_size)
-    return dict(
-        task=cfg.task, num_classes=info.num_classes, num_blocks=cfg.num_blocks, arch=cfg.arch, **kw
-    )
+    return dict(task=cfg.task, num_classes=info.num_classes, num_blocks=cfg.num_blocks, arch=cfg.arch, **kw)
 
 
 def build_model(cfg: RunConfig, name: str, method: str) -> zoo.DecoupledModel:
@@ -84,6 +83,14 @@ def build_model(cfg: RunConfig, name: str, method: str) -> zoo.DecoupledModel:
 def model_builder(cfg: RunConfig, name: str) -> Callable[..., zoo.DecoupledModel]:
     """A picklable `builder(method=...)` for processes that build their own copy (the pipeline's stages)."""
     return functools.partial(zoo.create_model, name, **_model_kwargs(cfg))
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Build every model of the run once, before anything is written: an unknown keyword or a size the model cannot
+    take stops the run with its one-line error instead of after a run folder exists (a few seconds at most)."""
+    for name in cfg.model:
+        for method in dict.fromkeys([cfg.methods[0], "bp"]):
+            build_model(cfg, name, method)
 
 
 def _num_workers(ds: Any) -> int:

@@ -214,6 +214,9 @@ def resolve(values: dict[str, Any]) -> RunConfig:
     if cfg.task == "cls" and cfg.arch is not None:
         raise UserError("--arch is the SMP architecture of --task seg; a classifier is named by --model alone")
     _check_dataset(cfg)
+    for k, v in DATASET_BUDGETS.get(cfg.dataset, {}).items():
+        if getattr(cfg, k) is None:
+            setattr(cfg, k, v)
     cfg.epochs = cfg.epochs or defaults["epochs"]
     cfg.batch_size = cfg.batch_size or defaults["batch_size"]
     cfg.model = expand_models(cfg.model, cfg.task)
@@ -250,7 +253,5 @@ def expand_models(names: list[str], task: str) -> list[str]:
         else:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(
-                f'unknown {task} model {name!r}{hint} (`python -c "import zoo; print(zoo.list_models())"`)'
-            )
+            raise UserError(f'unknown {task} model {name!r}{hint} (`python -c "import zoo; print(zoo.list_models())"`)')
     return list(dict.fromkeys(out))

@@ -84,7 +84,14 @@ def _summary_key(r: Mapping[str, Any]) -> str:
     return f"{r['model']}/{r['engine']}{meth}{m}{mb}"
 
 
-SUMMARY_FIGURES = ("samples_per_s", "step_ms", "ratio_vs_bp", "speedup_vs_bp", "speedup_vs_pipelining_bp", "peak_mem_mb")
+SUMMARY_FIGURES = (
+    "samples_per_s",
+    "step_ms",
+    "ratio_vs_bp",
+    "speedup_vs_bp",
+    "speedup_vs_pipelining_bp",
+    "peak_mem_mb",
+)
 
 
 def record_rows(cfg: Any, run_dir: Path, run_id: str, rows: list[dict[str, Any]], log: Any = print) -> None:

@@ -5,9 +5,14 @@
     python -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper_vgg.yaml
     python -m benchmarks.run --resume runs/<run id>              # continue an interrupted run
 
-Defaults < `--config` YAML < flags. The resolved config is saved as `<out>/<run id>/config.yaml`. Exit codes: 0 done,
-1 a run failed (non-finite loss), 2 bad flags or values, 130 interrupted (a checkpoint was saved; use --resume).
-The default budget (digits: 3 epochs; shapes at 32×32, 128 train images, 2 epochs) takes a few minutes on 2 CPU cores.
+    python -m benchmarks.run --bench pipeline --model resnet18 --stages 2 --methods bp,deinforeg,scpl
+
+Every bench is built from the same `RunConfig` (benchmarks/config.py) by the same functions (benchmarks/build.py);
+defaults < `--config` YAML < flags. The resolved config is saved as `<out>/<run id>/config.yaml`, and every row a
+bench appends to `leaderboards/` carries the run id. Exit codes: 0 done, 1 a run failed (a bug, or a non-finite
+loss), 2 the request is impossible (a `zoo.errors.UserError`: one line, no traceback), 130 interrupted (a checkpoint
+was saved; use --resume). The default budget (digits: 3 epochs; shapes at 32×32, 128 train images, 2 epochs) takes
+a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any
 
 import yaml
 
-from .config import BENCHES, METHODS, NOISE_KINDS, OPTIMIZERS, TASKS, WANDB_MODES, ConfigError, load_yaml, resolve
+from zoo import METHODS, TASKS, UserError
+from zoo.runtime import environment, resolve_device
+from zoo.train import OPTIMIZERS
+
+from .config import BENCHES, ENGINE_ORDER, NOISE_KINDS, WANDB_MODES, load_yaml, resolve
 
 __all__ = ["build_parser", "main", "config_from_args"]
-
-# a budget for the headline command (`--model resnet50 --task seg`) that runs in minutes on a 2-core CPU
-SEG_DEFAULTS = {"img_size": 32, "train_size": 128, "eval_size": 64}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--task", choices=TASKS, help="cls (accuracy) or seg (mIoU) (default: cls)")
     a("--arch", metavar="ARCH", help="SMP architecture for --task seg: unet, fpn, deeplabv3plus, ... (default: unet)")
     a("--methods", metavar="LIST", help=f"comma-separated, from {','.join(METHODS)} (default: bp,deinforeg)")
-    a("--bench", choices=BENCHES, help="accuracy, noise (sweep of label-noise rates) or throughput (default: accuracy)")
+    a("--bench", choices=BENCHES, help="accuracy, noise (sweep of label-noise rates), throughput (one device) or "
+      "pipeline (one process per stage) (default: accuracy)")  # fmt: skip
     a("--dataset", metavar="NAME", help="dataset (default: digits for cls, shapes for seg: embedded, no download)")
     a("--data-root", metavar="DIR", help="root of real datasets (default: $DEINFOREG_DATA_ROOT or ./data)")
     a("--noise-rates", metavar="LIST", help="comma-separated training label-noise rates in [0, 1) (default: 0; "
@@ -76,13 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     a("--train-aug", action="store_true", help="use the dataset's training augmentation (default: off)")
     a("--no-bn-recalib", dest="bn_recalib", action="store_false", help="evaluate with BatchNorm running statistics "
       "as trained (default: recompute them on the train images before each evaluation, all methods)")  # fmt: skip
-    a("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    a("--steps", type=int, metavar="N", help="throughput: timed steps per method (default: 20)")
-    a("--warmup", type=int, metavar="N", help="throughput: untimed steps first (default: 3)")
-    a("--stages", type=int, metavar="S", help="throughput: pipeline stages; S > 1 runs the multi-device pipeline "
-      "bench (default: 1)")  # fmt: skip
-    a("--micro-batches", metavar="LIST", help="throughput with --stages > 1: micro-batches per batch for GPipe / "
-      "1F1B, each measured and the best compared (default: 2,4)")  # fmt: skip
+    a("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice; pipeline on CPU: 1 per "
+      "stage process, which stands for one device)")  # fmt: skip
+    a("--steps", type=int, metavar="N", help="throughput/pipeline: measured steps (default: 20)")
+    a("--warmup", type=int, metavar="N", help="throughput/pipeline: untimed steps first (default: 3)")
+    a("--stages", type=int, metavar="S", help="pipeline: stage processes, one device each (default: 2)")
+    a("--micro-batches", metavar="LIST", help="pipeline: micro-batches per batch for GPipe / 1F1B, each measured and "
+      "the best compared (default: 2,4)")  # fmt: skip
+    a("--engines", metavar="LIST", help=f"pipeline: engines to measure, from {','.join(ENGINE_ORDER)} (default: all)")
+    a("--repeats", type=int, metavar="N", help="pipeline: measure every engine N times, interleaved; rows give "
+      "medians (default: 1)")  # fmt: skip
+    a("--partition", metavar="LIST", help="pipeline: blocks per stage, e.g. 3,1 (default: profile and balance)")
+    a("--no-pin", dest="pin_cpu", action="store_false", help="pipeline on CPU: let the OS move stage processes")
+    a("--bandwidth-gbps", metavar="LIST", help="pipeline: links for the scaling model (default: 0.1,1,10)")
+    a("--no-plot", dest="plot", action="store_false", help="pipeline: no scaling-model plot")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--no-checkpoint", dest="checkpoint", action="store_false", help="no per-epoch checkpoints (final one only)")
     a("--interrupt-after-steps", type=int, help=S)  # testing: acts like Ctrl-C after N steps
@@ -101,7 +115,7 @@ def config_from_args(argv: Sequence[str] | None = None):
     if resume:
         path = Path(resume) / "config.yaml"
         if not path.is_file():
-            raise ConfigError(f"--resume {resume}: no config.yaml there; give the folder of an earlier run")
+            raise UserError(f"--resume {resume}: no config.yaml there; give the folder of an earlier run")
         values = load_yaml(path)
         values["interrupt_after_steps"] = None
         # only how to run may change on resume, never what is trained
@@ -114,9 +128,6 @@ def config_from_args(argv: Sequence[str] | None = None):
         values.update(load_yaml(ns.config))
         values["config"] = ns.config
     values.update(flags)
-    if values.get("task", "cls") == "seg" and values.get("dataset") in (None, "shapes"):
-        for k, v in SEG_DEFAULTS.items():
-            values.setdefault(k, v)
     return resolve(values), None
 
 
@@ -143,13 +154,21 @@ def _new_run_id(cfg) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume = config_from_args(argv)
-    except ConfigError as e:
+    except UserError as e:
         print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
         return 2
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    if resume is None:
+        from .build import preflight
+
+        try:
+            preflight(cfg)
+        except UserError as e:
+            print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
+            return 2
     if resume is not None:
         run_dir, run_id = resume, resume.name
     else:
@@ -164,15 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.wandb == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")
 
-    from . import _runner, accuracy, noise, throughput
-    from .results import environment
+    import importlib
+
+    from . import _runner
 
     _runner.install_sigint()
-    env = environment(_runner.resolve_device(cfg.device))
-    bench = {"accuracy": accuracy.run, "noise": noise.run, "throughput": throughput.run}[cfg.bench]
+    env = environment(resolve_device(cfg.device))
+    bench = importlib.import_module(f".{cfg.bench}", __package__)  # accuracy, noise, throughput, pipeline
     try:
-        bench(cfg, run_dir, run_id, env, log)
-    except ConfigError as e:
+        bench.run(cfg, run_dir, run_id, env, log)
+    except UserError as e:
         log(f"python -m benchmarks.run: error: {e}")
         return 2
     except _runner.Interrupted as e:
@@ -184,27 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log(f"stopped at once (second Ctrl-C); the last per-epoch checkpoint stays. Resume: --resume {run_dir}")
         return 130
-    except Exception as e:
-        import datasets
-
-        if isinstance(e, datasets.DatasetError | ValueError) and _is_user_error(e):
-            log(f"python -m benchmarks.run: error: {e}")
-            return 2
-        raise
     if cfg.wandb == "offline":
         wb = f"{run_dir}/runs/*/wandb"
         log(f"W&B offline runs are in {wb}; upload with `wandb sync {wb}/offline-run-*`")
     log(f"done: {run_dir}")
     return 0
-
-
-def _is_user_error(e: Exception) -> bool:
-    import datasets
-
-    if isinstance(e, datasets.DatasetError):
-        return True
-    text = str(e)
-    return any(s in text for s in ("valid choices", "not possible", "is not", "unknown", "noise rate"))
 
 
 if __name__ == "__main__":

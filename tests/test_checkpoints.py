@@ -14,6 +14,7 @@ import torch
 
 import zoo
 from zoo import checkpoints as ck
+from zoo import hub
 from zoo.train import TrainConfig, Trainer, seed_everything
 
 
@@ -49,8 +50,8 @@ def manifest(tmp_path: Path, saved: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     }
     path = src / "manifest.json"
     path.write_text(json.dumps({"paper_vgg.test": entry}))
-    monkeypatch.setenv(ck.MANIFEST_ENV, str(path))
-    monkeypatch.setenv(ck.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(hub.MANIFEST_ENV, str(path))
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
     return path
 
 
@@ -86,7 +87,7 @@ def test_interrupted_save_keeps_old_checkpoint(saved: Path, x: torch.Tensor, mon
     def crash(*a, **k):
         raise KeyboardInterrupt  # Ctrl-C after the weights are written, before config.json
 
-    monkeypatch.setattr(ck, "_write_json", crash)
+    monkeypatch.setattr(ck, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         ck.save_checkpoint(_tiny(method="greedy"), saved, metadata={"dataset": "other"})
     assert [p.name for p in saved.parent.iterdir()] == ["ck"]  # no temporary folder left behind
@@ -164,15 +165,15 @@ def test_hash_mismatch_refused_and_removed(manifest: Path, tmp_path: Path):
     data["paper_vgg.test"]["sha256"][ck.WEIGHTS_NAME] = "0" * 64
     manifest.write_text(json.dumps(data))
     with pytest.raises(ck.CheckpointError, match="sha256 mismatch.*model.safetensors.*removed"):
-        ck.pull("paper_vgg.test")
+        hub.pull("paper_vgg.test")
     cache = tmp_path / "cache" / "paper_vgg.test"
     assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_damaged_cache_is_fetched_again(manifest: Path):
-    folder = ck.pull("paper_vgg.test")
+    folder = hub.pull("paper_vgg.test")
     (folder / ck.WEIGHTS_NAME).write_bytes(b"garbage")
-    again = ck.pull("paper_vgg.test")
+    again = hub.pull("paper_vgg.test")
     assert ck.sha256_file(again / ck.WEIGHTS_NAME) == ck.sha256_file(
         manifest.parent / "paper_vgg.test/model.safetensors"
     )

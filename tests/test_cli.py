@@ -97,17 +97,22 @@ def test_safe_run_turns_into_noop_after_a_failure():
         (["--task", "seg", "--dataset", "digits"], "for seg"),
         (["--dataset", "cifar11"], "Available"),
         (["--epochs", "0"], "positive integer"),
-        (["--stages", "2"], "only valid with --bench throughput"),
+        (["--stages", "3"], "is for --bench pipeline"),
+        (["--model-kwargs", "foo=1"], "takes no keyword foo; valid keywords: "),
+        (["--task", "seg", "--model-kwargs", "foo=1"], "takes no keyword foo; valid keywords: "),
+        (["--task", "seg", "--img-size", "7"], "img_size=7 is not possible"),
+        (["--bench", "pipeline", "--engines", "gpipe,zb"], "valid choices: bp-single"),
         (["--device", "tpu"], "valid choices: auto, cpu"),
         (["--model-kwargs", "width"], "key=value"),
-        (["--bench", "throughput", "--stages", "2", "--micro-batches", "2,0"], "--micro-batches must be positive"),
-        (["--bench", "throughput", "--stages", "2", "--micro-batches", "2,four"], "as a list of int"),
+        (["--bench", "pipeline", "--micro-batches", "2,0"], "--micro-batches must be positive"),
+        (["--bench", "pipeline", "--micro-batches", "2,four"], "as a list of int"),
     ],
 )
 def test_bad_values_exit_2_with_choices(argv, needle, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one line
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
@@ -176,7 +181,7 @@ def test_two_runs_appending_at_once_lose_no_row(tmp_path):
 @pytest.mark.dist
 def test_pipeline_throughput_through_the_harness_logs_rows_to_wandb(wandb_env):
     tmp = wandb_env
-    args = ["--bench", "throughput", "--stages", "2", "--micro-batches", "2", "--steps", "4", "--warmup", "1"]
+    args = ["--bench", "pipeline", "--stages", "2", "--micro-batches", "2", "--steps", "4", "--warmup", "1"]
     args += ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--batch-size", "8"]
     rc, run_dir = _run(tmp, [*args, "--wandb", "offline", "--optimizer", "sgd", "--lr", "0.05"])
     assert rc == 0
@@ -184,7 +189,8 @@ def test_pipeline_throughput_through_the_harness_logs_rows_to_wandb(wandb_env):
     saved = json.loads((run_dir / "rows.json").read_text())
     assert [r["engine"] for r in rows] == [r["engine"] for r in saved]
     assert {"deinforeg-pipe", "bp-single", "gpipe", "1f1b"} <= {r["engine"] for r in rows}
-    offline = list((run_dir / "runs" / "throughput" / "wandb").glob("offline-run-*"))
+    assert {r["run_id"] for r in rows} == {run_dir.name}  # the run folder and every row share one run id
+    offline = list((run_dir / "runs" / "pipeline" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     table = json.loads(next(offline[0].glob("files/media/table/rows_*.table.json")).read_text())
     engine = table["columns"].index("engine")

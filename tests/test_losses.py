@@ -96,7 +96,7 @@ def test_bfloat16_is_safe_and_close_to_float32():
     assert torch.isfinite(losses.scpl(z.bfloat16(), y, 4))
 
 
-@pytest.mark.parametrize("fn", ["deinforeg", "scpl", "greedy"])
+@pytest.mark.parametrize("fn", ["deinforeg", "scpl"])
 def test_bad_inputs_raise_value_error(fn):
     f = getattr(losses, fn)
     with pytest.raises(ValueError, match="size 1"):

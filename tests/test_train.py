@@ -17,7 +17,7 @@ def test_short_digits_run_learns(method, capsys):
     val_loader = create_loader(val, 256)
     model = zoo.create_model("paper_vgg", method=method, num_classes=10, width=0.125, img_size=16)
     trainer = Trainer(model, TrainConfig(lr=3e-3), total_steps=3 * len(train_loader))
-    trainer.fit(train_loader, val_loader, epochs=3)
+    trainer.fit(train_loader, epochs=3, val=val_loader)
     printed = capsys.readouterr().out
     assert "val accuracy per block" in printed
     result = trainer.evaluate(val_loader)

@@ -4,8 +4,8 @@ from . import losses
 from ._factory import create_model, list_models, parse_model_kwargs
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
-from .export import export
 from .errors import UserError
+from .export import export
 from .heads import LOCAL_METHODS, METHODS
 from .models import paper_resnet18, paper_vgg
 from .tasks import TASK_DEFAULTS, TASKS

@@ -10,11 +10,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from . import _registry
+from . import checkpoints, hub
+from ._build import build_architecture, list_architectures
 from .decoupled import DecoupledModel
 from .errors import UserError
 from .heads import check_method
-from .tasks import TASK_DEFAULTS, check_task
+from .tasks import check_task
 
 __all__ = ["create_model", "list_models", "parse_model_kwargs", "split_tag"]
 
@@ -60,42 +61,14 @@ def create_model(
     check_method(method)
     base, tag = split_tag(name)
     if pretrained or tag is not None:
-        from . import checkpoints
-
         return checkpoints.load_pretrained(name, num_classes=num_classes)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if num_blocks is not None:
-        kwargs["num_blocks"] = num_blocks
-    if _registry.is_registered(base):
-        if task != "cls":
-            raise ValueError(f"{base!r} is a classification model; use task='cls'")
-        return _registry.get_entrypoint(base)(method=method, **kwargs)
-    if task == "cls":
-        from .adapters import timm as timm_adapter
-
-        return timm_adapter.create(base, method=method, **kwargs)
-    from .adapters import smp as smp_adapter
-
-    return smp_adapter.create(base, arch=arch or TASK_DEFAULTS["seg"]["arch"], method=method, **kwargs)
+    return build_architecture(base, task, method, num_classes, num_blocks, arch, **kwargs)
 
 
 def list_models(pattern: str | None = None, task: str | None = None, pretrained: bool = False) -> list[str]:
     """Names the zoo can build (`pretrained=True`: the `name.tag` checkpoints it can pull), with wildcards."""
     check_task(task)
     if pretrained:
-        from . import checkpoints
-
-        names = checkpoints.list_pretrained(task=task)
+        names = hub.list_pretrained(task=task)
         return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
-    names: set[str] = set(_registry.registered_names(pattern, task))
-    if task in (None, "cls"):
-        from .adapters import timm as timm_adapter
-
-        names.update(timm_adapter.list_supported(pattern))
-    if task in (None, "seg"):
-        from .adapters import smp as smp_adapter
-
-        names.update(smp_adapter.list_supported(pattern))
-    return sorted(names)
+    return list_architectures(pattern, task)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["register_model", "is_registered", "get_entrypoint", "registered_names", "close_matches"]
+__all__ = ["register_model", "is_registered", "get_entrypoint", "registered_names"]
 
 _ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
 _TASKS: dict[str, str] = {}
@@ -37,7 +36,3 @@ def registered_names(pattern: str | None = None, task: str | None = None) -> lis
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return sorted(names)
-
-
-def close_matches(name: str, candidates: list[str], n: int = 5) -> list[str]:
-    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)

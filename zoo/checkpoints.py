@@ -1,4 +1,4 @@
-"""Decoupled checkpoints: save, load, pull by name, verify.
+"""The decoupled checkpoint folder: save, load, rebuild, resume (the hub side, manifest and pulls, is `zoo.hub`).
 
 A checkpoint is a folder in the layout timm and SMP use on model hubs: `config.json` (everything needed to rebuild
 the architecture under "model", plus task, method, blocks, classes, chosen exit, input size, mean/std, dataset,
@@ -6,24 +6,12 @@ noise, metrics, commit) and `model.safetensors`. `training_state.pt` beside them
 schedulers, step, epoch, RNG) makes the folder resumable; it is never published. Every write goes to a hidden
 temporary folder that is renamed into place, and `config.json` is written last, so an interrupted save never leaves
 a folder that loads as valid.
-
-Published checkpoints are listed in `zoo/pretrained/manifest.json` (override with $DEINFOREG_MANIFEST): each
-`arch.tag` maps to a source (a path relative to the manifest, `file://`, `http(s)://`, or `hf://owner/repo`), the
-sha256 of every file, and the recorded metrics. Pulls are copied into the cache ($DEINFOREG_CACHE, default
-~/.cache/deinforeg-zoo) and verified file by file; a file whose hash does not match is removed and refused.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import shutil
-import subprocess
-import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +19,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._build import build_architecture
+from ._files import CONFIG_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME, fsync_dir, sha256_file, staged, write_json
 from .decoupled import DecoupledModel
+from .errors import CheckpointError
+from .hub import fetch_url_folder, get_pretrained_entry, is_url, pull
+from .runtime import git_commit
 
 __all__ = [
     "CheckpointError",
@@ -44,111 +37,19 @@ __all__ = [
     "load_training_state",
     "resume_trainer",
     "read_config",
-    "list_pretrained",
-    "get_pretrained_entry",
     "load_pretrained",
-    "pull",
-    "cache_dir",
-    "manifest_path",
-    "read_manifest",
     "sha256_file",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-TRAINING_STATE_NAME = "training_state.pt"
+# re-exported so a checkpoint's file names and error type are found where checkpoints are
+
 FORMAT = "deinforeg-zoo"
 FORMAT_VERSION = 1
-CACHE_ENV = "DEINFOREG_CACHE"
-MANIFEST_ENV = "DEINFOREG_MANIFEST"
-_DEFAULT_MANIFEST = Path(__file__).parent / "pretrained" / "manifest.json"
-_HTTP_TIMEOUT = 60.0
 # config keys that would fetch or read external weights when the architecture is rebuilt
 _NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
 
 
-class CheckpointError(Exception):
-    """Any checkpoint problem a user can act on: missing or corrupt files, hash or architecture mismatch, bad tag."""
-
-
 # -- helpers ---------------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, (np.generic,)):
-        return o.item()
-    if isinstance(o, (tuple, set, np.ndarray)):
-        return list(o)
-    if isinstance(o, (Path, torch.dtype, torch.device)):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to config.json")
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder `tmp` to `dest`, replacing an existing checkpoint there."""
-    old = None
-    if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _staged(dest: Path):
-    """A temporary folder beside `dest`: it replaces `dest` when the block finishes, and is removed on any error."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # -- save ------------------------------------------------------------------------------------------------------
 def _input_size(config: dict[str, Any]) -> list[int] | None:
     # img_size is what the model was built (and trained) for; input_size is timm's pretrained_cfg default
@@ -227,7 +128,7 @@ def save_checkpoint(
         "input_size": _input_size(mcfg),
         "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
         "torch_version": torch.__version__,
-        "commit": _git_commit(),
+        "commit": git_commit(full=True),
     }
     for k in ("mean", "std", "interpolation", "crop_pct"):
         if k in mcfg:
@@ -236,7 +137,7 @@ def save_checkpoint(
         config.update(step=int(trainer_state.get("step", 0)), epoch=int(trainer_state.get("epoch", 0)))
     config.update(metadata or {})
 
-    with _staged(dest) as tmp:
+    with staged(dest) as tmp:
         weights = tmp / WEIGHTS_NAME
         save_file(tensors, str(weights), metadata={"format": "pt"})
         config["weights_bytes"] = weights.stat().st_size
@@ -246,19 +147,15 @@ def save_checkpoint(
             if "rng" in state and state["rng"]:
                 state["rng"] = _rng_to_plain(state["rng"])
             torch.save(state, tmp / TRAINING_STATE_NAME)
-        _write_json(tmp / CONFIG_NAME, config)  # last: a folder without it is not a checkpoint
+        write_json(tmp / CONFIG_NAME, config)  # last: a folder without it is not a checkpoint
         for f in tmp.iterdir():
             f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
         tmp.chmod(0o755)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     return dest
 
 
 # -- load ------------------------------------------------------------------------------------------------------
-def _is_url(s: str) -> bool:
-    return s.startswith(("http://", "https://", "file://", "hf://"))
-
-
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed `config.json` of checkpoint folder `path` (CheckpointError if missing or corrupt)."""
     folder = Path(path)
@@ -323,8 +220,8 @@ def _to_model_dtypes(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
 
 def _resolve_folder(path_or_url: str | os.PathLike) -> Path:
     s = os.fspath(path_or_url)
-    if _is_url(s):
-        return _fetch_url_folder(s)
+    if is_url(s):
+        return fetch_url_folder(s)
     p = Path(s).expanduser()
     if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME, TRAINING_STATE_NAME):
         p = p.parent
@@ -338,8 +235,6 @@ def load_checkpoint(
 
     `num_classes`, if given, must match the checkpoint's. The parsed config is attached as `model.checkpoint_meta`.
     """
-    from ._factory import create_model
-
     folder = _resolve_folder(path_or_url)
     config = read_config(folder)
     n = config.get("num_classes", config["model"].get("num_classes"))
@@ -352,7 +247,7 @@ def load_checkpoint(
     if "encoder_weights" in kwargs:
         kwargs["encoder_weights"] = None  # the checkpoint carries every weight; never download
     try:
-        model = create_model(**kwargs)
+        model = build_architecture(**kwargs)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"cannot rebuild {_describe(config)} from {folder}: {e}") from None
     _check_fits(model, tensors, str(folder), f"the architecture its config describes ({_describe(config)})")
@@ -412,140 +307,6 @@ def resume_trainer(trainer: Any, path: str | os.PathLike) -> dict[str, Any]:
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
     return config
-
-
-# -- manifest and cache ----------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """Where pulled checkpoints live: $DEINFOREG_CACHE or ~/.cache/deinforeg-zoo."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "deinforeg-zoo").expanduser()
-
-
-def manifest_path() -> Path:
-    return Path(os.environ.get(MANIFEST_ENV) or _DEFAULT_MANIFEST).expanduser()
-
-
-def read_manifest(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """The manifest's entries ({} if the file does not exist)."""
-    p = Path(path) if path is not None else manifest_path()
-    if not p.is_file():
-        return {}
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"manifest {p} is corrupt: {e}") from None
-    return {k: v for k, v in data.items() if not k.startswith("_")}
-
-
-def list_pretrained(task: str | None = None) -> list[str]:
-    """`arch.tag` names of the manifest, optionally of one task."""
-    return sorted(n for n, e in read_manifest().items() if task is None or e.get("task") == task)
-
-
-def get_pretrained_entry(name: str) -> tuple[str, dict[str, Any]]:
-    """(full name, manifest entry) for `arch.tag`, or for a bare `arch` its default tag (flagged or first)."""
-    manifest = read_manifest()
-    if name in manifest:
-        return name, manifest[name]
-    if "." not in name:
-        matches = [n for n in manifest if n.split(".", 1)[0] == name]
-        if matches:
-            default = [n for n in matches if manifest[n].get("default")]
-            pick = (default or matches)[0]
-            return pick, manifest[pick]
-    available = ", ".join(sorted(manifest)) or "none (the manifest is empty)"
-    raise CheckpointError(f"unknown pretrained tag {name!r}; available: {available}")
-
-
-def _source_of(entry: dict[str, Any], manifest_file: Path) -> str:
-    src = str(entry.get("source", ""))
-    if not src:
-        raise CheckpointError("manifest entry has no 'source'")
-    if _is_url(src) or Path(src).is_absolute():
-        return src
-    return str((manifest_file.parent / src).resolve())
-
-
-def _copy_to(src: str, name: str, dest: Path) -> None:
-    """Fetch file `name` of source folder `src` into `dest` (a temporary path)."""
-    if src.startswith(("http://", "https://")):
-        _download(src.rstrip("/") + "/" + urllib.parse.quote(name), dest)
-    elif src.startswith("hf://"):
-        _hf_download(src[len("hf://") :], name, dest)
-    else:
-        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(src).path)) if src.startswith("file://") else Path(src)
-        f = folder / name
-        if not f.is_file():
-            raise CheckpointError(f"source {folder} has no {name}")
-        shutil.copyfile(f, dest)
-
-
-def _download(url: str, dest: Path) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT) as r, open(dest, "wb") as f:
-            expect = r.headers.get("Content-Length")
-            shutil.copyfileobj(r, f, 1 << 20)
-    except OSError as e:  # URLError, HTTPError, timeouts
-        raise CheckpointError(f"cannot download {url}: {e}") from None
-    if expect is not None and dest.stat().st_size != int(expect):
-        raise CheckpointError(f"download of {url} is truncated: {dest.stat().st_size} of {expect} bytes")
-
-
-def _hf_download(spec: str, name: str, dest: Path) -> None:
-    """`hf://owner/repo[/subfolder][@revision]` → the file from the Hugging Face Hub (needs huggingface_hub)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise CheckpointError("hf:// sources need the huggingface_hub package") from None
-    spec, _, revision = spec.partition("@")
-    parts = spec.strip("/").split("/")
-    repo, sub = "/".join(parts[:2]), "/".join(parts[2:]) or None
-    try:
-        local = hf_hub_download(repo, name, subfolder=sub, revision=revision or None)
-    except Exception as e:  # offline, missing repo or file
-        raise CheckpointError(f"cannot download {name} from Hugging Face Hub repo {repo}: {e}") from None
-    shutil.copyfile(local, dest)
-
-
-def _verified(folder: Path, hashes: dict[str, str]) -> list[str]:
-    """Names of the files in `folder` that are missing or whose sha256 differs from `hashes`."""
-    return [n for n, h in hashes.items() if not (folder / n).is_file() or sha256_file(folder / n) != h]
-
-
-def pull(name: str) -> Path:
-    """The verified local folder of pretrained checkpoint `name` (fetched into the cache on first use)."""
-    full, entry = get_pretrained_entry(name)
-    hashes: dict[str, str] = dict(entry.get("sha256") or {})
-    if CONFIG_NAME not in hashes or WEIGHTS_NAME not in hashes:
-        raise CheckpointError(f"manifest entry {full!r} lacks the sha256 of {CONFIG_NAME} and {WEIGHTS_NAME}")
-    key = hashlib.sha256("".join(hashes[k] for k in sorted(hashes)).encode()).hexdigest()[:16]
-    folder = cache_dir() / full / key
-    if folder.is_dir():
-        if not _verified(folder, hashes):
-            return folder
-        shutil.rmtree(folder, ignore_errors=True)  # a damaged cache entry: fetch it again
-    src = _source_of(entry, manifest_path())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _staged(folder) as tmp:
-        for fname in hashes:
-            _copy_to(src, fname, tmp / fname)
-        bad = _verified(tmp, hashes)
-        if bad:
-            raise CheckpointError(
-                f"sha256 mismatch for {full}: {', '.join(bad)} from {src} does not match the manifest; "
-                "refused, and the download was removed from the cache"
-            )
-    return folder
-
-
-def _fetch_url_folder(url: str) -> Path:
-    """Copy the checkpoint folder at `url` into the cache (keyed by URL); its weights are checked against config."""
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    folder = cache_dir() / "urls" / key
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _staged(folder) as tmp:
-        for fname in (CONFIG_NAME, WEIGHTS_NAME):
-            _copy_to(url, fname, tmp / fname)
-    return folder
 
 
 def load_pretrained(

@@ -128,6 +128,11 @@ def merge_units(units: Sequence[nn.Module], num_blocks: int | None) -> tuple[lis
     return blocks, ends
 
 
+# keywords every model builder passes on: to DecoupledModel, and to build_decoupled for the heads
+MODEL_KEYS = ("exit_policy", "exit_confidence", "exit_similarity")
+BUILD_KEYS = ("ignore_index", "head_kwargs")
+
+
 class DecoupledModel(nn.Module):
     """A network cut into `blocks`, trained by `method` in {bp, deinforeg, greedy, scpl}.
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .decoupled import DecoupledModel
 from .heads import DenseLocalHead, LocalHead, TaskHead
 
-__all__ = ["ExitNet", "export", "exit_index"]
+__all__ = ["ExitNet", "export"]
 
 
 class ExitNet(nn.Module):
@@ -34,11 +34,6 @@ class ExitNet(nn.Module):
         if self.resize_to_input and out.dim() == 4 and tuple(out.shape[-2:]) != tuple(x.shape[-2:]):
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return out
-
-
-def exit_index(model: DecoupledModel) -> int:
-    """The block `model(x)` predicts through (`adaptive` has no single exit: ValueError)."""
-    return model.exit_block
 
 
 def _plain_head(head: nn.Module) -> nn.Module:
@@ -65,7 +60,7 @@ def export(model: DecoupledModel) -> nn.Module:
     """A plain model with `model`'s weights computing `model(x)` (in eval mode) for the chosen exit."""
     if not isinstance(model, DecoupledModel):
         raise TypeError(f"export needs a DecoupledModel, got {type(model).__name__}")
-    k = exit_index(model)
+    k = model.exit_block
     last = k == model.num_blocks - 1
     adapter = model.config.get("adapter")
     device = next(model.parameters()).device

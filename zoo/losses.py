@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DeInfoRegLoss", "deinforeg", "scpl", "greedy", "similarity_matrix", "check_labels"]
+__all__ = ["DeInfoRegLoss", "deinforeg", "scpl", "similarity_matrix", "check_labels"]
 
 
 class DeInfoRegLoss(NamedTuple):
@@ -100,9 +100,3 @@ def scpl(z: torch.Tensor, y: torch.Tensor, num_classes: int, temperature: float 
         return zn.sum() * 0.0
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
     return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
-
-
-def greedy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Local cross-entropy of an auxiliary classifier (Decoupled Greedy Learning)."""
-    check_labels(logits, y, num_classes)
-    return F.cross_entropy(logits.float(), y.long())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ConfusionMatrix", "IGNORE_INDEX", "accuracy", "metric_name"]
+__all__ = ["ConfusionMatrix", "IGNORE_INDEX", "metric_name"]
 
 IGNORE_INDEX = {"cls": -100, "seg": 255}  # the label that marks "no target" (void pixels in masks)
 
@@ -12,11 +12,6 @@ IGNORE_INDEX = {"cls": -100, "seg": 255}  # the label that marks "no target" (vo
 def metric_name(task: str) -> str:
     """The headline metric of a task: mIoU for segmentation, accuracy for classification."""
     return "miou" if task == "seg" else "accuracy"
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return float((logits.argmax(dim=1) == y).float().mean() * 100.0)
 
 
 class ConfusionMatrix:

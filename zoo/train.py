@@ -1,4 +1,5 @@
-"""A small trainer for decoupled and end-to-end models: per-block or shared optimizers, cosine schedule.
+"""The one trainer for decoupled and end-to-end models: per-block or shared optimizers, cosine schedule, and a
+resumable epoch loop (`Trainer.fit`) with callbacks that every caller (the harness, publishing, users) trains through.
 
 Optimizers: SGD, AdamW, and LARS (You et al. 2017, the optimizer of the DeInfoReg reference runs). With
 `per_block=True` each block owns its optimizer and scheduler, as it would on its own device in a pipeline. Model
@@ -7,6 +8,7 @@ selection (the `best` exit) uses the validation split only.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -21,9 +23,14 @@ import torch.nn as nn
 from .decoupled import DecoupledModel
 from .errors import UserError
 from .metrics import ConfusionMatrix, metric_name
+from .runtime import sync
 
 __all__ = [
+    "BatchSource",
+    "Callback",
     "LARS",
+    "LogEpochs",
+    "TrainingStopped",
     "TrainConfig",
     "Trainer",
     "EvalResult",
@@ -171,6 +178,45 @@ class EvalResult:
         return asdict(self)
 
 
+class TrainingStopped(Exception):
+    """`Trainer.fit` stopped early because a callback asked (Ctrl-C in the harness); `fit` can resume."""
+
+
+class Callback:
+    """Hooks of `Trainer.fit`; override the ones you need (evaluation output, checkpoints, logging, progress)."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step(self, trainer: Trainer, out: dict[str, Any]) -> None: ...
+
+    def should_stop(self, trainer: Trainer) -> bool:
+        return False
+
+    def on_stop(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class LogEpochs(Callback):
+    """One line per epoch: the summed local loss and each block's validation metric."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        line = f"epoch {record['epoch']}: loss {sum(record['train_loss']):.4f}"
+        if "val_per_block" in record:
+            blocks = " ".join("-" if v is None else f"{v:.1f}" for v in record["val_per_block"])
+            line += f"  val {record['metric_name']} per block: {blocks}"
+        self.log(line)
+
+
+# `source(epoch, start)` → that epoch's batches from `start` on, or a re-iterable loader
+BatchSource = Callable[[int, int], Iterable] | Iterable
+
+
 class Trainer:
     """Trains a DecoupledModel: `train_step`, `evaluate`, `fit`, and a resumable `state_dict`."""
 
@@ -182,6 +228,11 @@ class Trainer:
         self.optimizers, self.schedulers = build_optimizers(model, cfg, total_steps)
         self.step = 0
         self.epoch = 0
+        # where `fit` stands inside the current epoch, and what it has seen: part of the resumable state
+        self.epoch_step = 0
+        self.loss_sum: list[float] = []
+        self.history: list[dict[str, Any]] = []
+        self.step_times: list[float] = []
         # base of the per-block, per-step RNG streams (zoo.decoupled.block_seed): the seed the caller set
         self.rng_seed = torch.initial_seed()
 
@@ -238,42 +289,75 @@ class Trainer:
             pixel_acc=pixel,
         )
 
-    def select_best_block(self, val: EvalResult) -> int:
+    def select_best_block(self, val: EvalResult | Sequence[float | None]) -> int:
         """Store in the model the block whose head scores best on the validation split (ties: the earlier)."""
-        scores = [(s, -k) for k, s in enumerate(val.per_block) if s is not None]
+        per_block = val.per_block if isinstance(val, EvalResult) else val
+        scores = [(s, -k) for k, s in enumerate(per_block) if s is not None]
         best = -max(scores)[1]
         self.model.set_best_block(best)
         return best
 
-    def train_epoch(self, loader: Iterable, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict:
-        losses_sum: list[float] = []
-        n = 0
-        t0 = time.perf_counter()
-        for x, y in loader:
-            out = self.train_step(x, y)
-            if not losses_sum:
-                losses_sum = [0.0] * len(out["losses"])
-            losses_sum = [a + b for a, b in zip(losses_sum, out["losses"])]
-            n += 1
-            if on_step is not None:
-                on_step(out)
-        self.epoch += 1
-        elapsed = time.perf_counter() - t0
-        return {"epoch": self.epoch, "loss": [s / max(n, 1) for s in losses_sum], "seconds": elapsed, "steps": n}
+    # -- the training loop ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        source: BatchSource,
+        epochs: int,
+        val: Iterable | Callable[[Trainer], EvalResult] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train until `epochs` epochs are done, resuming where `state_dict` left off; returns the epoch records.
 
-    def fit(self, train_loader: Iterable, val_loader: Iterable, epochs: int, log: Callable[[str], None] = print):
-        """Train `epochs` epochs, printing each block's validation metric; keep the best block on validation."""
-        history = []
-        for _ in range(epochs):
-            stats = self.train_epoch(train_loader)
-            val = self.evaluate(val_loader, adaptive=False)
-            stats["val"] = val.per_block
-            history.append(stats)
-            blocks = " ".join("-" if v is None else f"{v:.1f}" for v in val.per_block)
-            log(f"epoch {self.epoch}: loss {sum(stats['loss']):.4f}  val {val.metric_name} per block: {blocks}")
-        if history:
-            self.select_best_block(self.evaluate(val_loader, adaptive=False))
-        return history
+        `source(epoch, start)` gives the batches of `epoch` from batch `start` on (a pure function of the epoch
+        makes a resumed run replay exactly the batches it had not seen); a plain re-iterable loader works too (its
+        first `start` batches are skipped on resume). `val` (a loader, or a function of the trainer returning an
+        EvalResult) is measured after every epoch and, at the end, chooses the `best` exit. Callbacks (default: one
+        line per epoch, `LogEpochs`) add
+        evaluation output, checkpoints, logging and progress; one whose `should_stop` answers True stops the loop
+        after the current step, after every callback's `on_stop` (e.g. a checkpoint), with TrainingStopped.
+        """
+        callbacks = [LogEpochs()] if callbacks is None else list(callbacks)
+        evaluate = val if callable(val) and not hasattr(val, "__iter__") else None
+        if val is not None and evaluate is None:
+            evaluate = lambda t: t.evaluate(val, adaptive=False)  # noqa: E731
+        for cb in callbacks:
+            cb.on_train_start(self)
+        while self.epoch < epochs:
+            start = self.epoch_step
+            batches = source(self.epoch, start) if callable(source) else itertools.islice(source, start, None)
+            for x, y in batches:
+                t0 = time.perf_counter()
+                out = self.train_step(x, y)
+                sync(self.device)
+                out["seconds"] = time.perf_counter() - t0
+                self.step_times.append(out["seconds"])
+                self.loss_sum = [a + b for a, b in zip(self.loss_sum, out["losses"])] or list(out["losses"])
+                self.epoch_step += 1
+                for cb in callbacks:
+                    cb.on_step(self, out)
+                if any(cb.should_stop(self) for cb in callbacks):
+                    for cb in callbacks:
+                        cb.on_stop(self)
+                    raise TrainingStopped(f"stopped at step {self.step} (epoch {self.epoch + 1})")
+            n = max(1, self.epoch_step)
+            self.epoch += 1
+            record: dict[str, Any] = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_loss": [v / n for v in self.loss_sum],
+                "lr": self.schedulers[0].get_last_lr()[0] if self.schedulers else None,
+            }
+            if evaluate is not None:
+                res = evaluate(self)
+                record.update(metric_name=res.metric_name, val_per_block=res.per_block, val_last=res.last)
+            self.history.append(record)
+            self.epoch_step, self.loss_sum = 0, []
+            for cb in callbacks:
+                cb.on_epoch_end(self, record)
+        if self.history and "val_per_block" in self.history[-1]:
+            self.select_best_block(self.history[-1]["val_per_block"])  # measured on the final weights
+        for cb in callbacks:
+            cb.on_train_end(self)
+        return self.history
 
     # -- resume -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -283,6 +367,12 @@ class Trainer:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "step": self.step,
             "epoch": self.epoch,
+            "loop": {
+                "epoch_step": self.epoch_step,
+                "loss_sum": self.loss_sum,
+                "history": self.history,
+                "step_times": self.step_times,
+            },
             "rng_seed": self.rng_seed,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -302,6 +392,11 @@ class Trainer:
         for s, sd in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(sd)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        loop = state.get("loop") or {}
+        self.epoch_step = int(loop.get("epoch_step", 0))
+        self.loss_sum = list(loop.get("loss_sum", []))
+        self.history = list(loop.get("history", []))
+        self.step_times = list(loop.get("step_times", []))
         self.rng_seed = int(state.get("rng_seed", self.rng_seed))
         rng = state.get("rng")
         if rng:

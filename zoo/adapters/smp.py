@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -23,7 +24,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..decoupled import DecoupledModel, build_decoupled
+from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled
+from ..errors import UserError, check_kwargs
 from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
 from .timm import CNN_MODULES
 
@@ -47,8 +49,8 @@ NATIVE_ENCODERS = (
 DEFAULT_IMG_SIZE = 64  # size of the dummy forward that measures stage outputs; a multiple of 32
 
 _INFO_KEYS = ("adapter", "encoder_name", "input_size", "mean", "std")
-_MODEL_KEYS = ("exit_policy", "exit_confidence", "exit_similarity")
-_BUILD_KEYS = ("ignore_index", "head_kwargs")
+_MODEL_KEYS = MODEL_KEYS
+_BUILD_KEYS = BUILD_KEYS
 
 
 class SegDecoder(nn.Module):
@@ -174,6 +176,29 @@ def _new_smp(arch: str, name: str, num_classes: int, in_channels: int, smp_kw: d
     return model
 
 
+def _check_smp_kwargs(arch: str, name: str, smp_kw: dict[str, Any]) -> None:
+    """SMP hands keywords its architecture does not name to the encoder, and its own encoders ignore them: an
+    unknown keyword would be dropped silently. Only `tu-` (timm) encoders take extra ones (timm checks them)."""
+    if name.startswith("tu-"):
+        return
+    cls = {c.__name__.lower(): c for c in vars(smp).values() if isinstance(c, type) and issubclass(c, nn.Module)}[arch]
+    takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    takes = [p for p in takes if p not in ("encoder_name", "classes", "in_channels")]
+    own = ("num_blocks", "in_channels", "dice", "img_size", *MODEL_KEYS, *BUILD_KEYS)
+    check_kwargs(smp_kw, [*own, *takes], f"SMP {arch} on {name}")
+
+
+def _check_size(size: int, depth: int, name: str, arch: str) -> None:
+    """The encoder halves the input `depth` times and the decoder doubles it back: the side must divide 2^depth."""
+    step = 2**depth
+    if not isinstance(size, int) or size < step or size % step:
+        lower, upper = max(step, (int(size) // step) * step), (int(size) // step + 1) * step
+        raise UserError(
+            f"img_size={size} is not possible for SMP {arch} on {name}: the side must be a positive multiple of "
+            f"{step} (2^encoder_depth), e.g. {lower}" + (f" or {upper}" if upper != lower else "")
+        )
+
+
 def _data_info(name: str) -> dict[str, Any]:
     if not name.startswith("tu-"):
         return {}  # SMP's own encoders keep their preprocessing on the hub; nothing to read offline
@@ -208,7 +233,9 @@ def create(
     model_kw = {k: kw.pop(k) for k in _MODEL_KEYS if k in kw}
     build_kw = {k: kw.pop(k) for k in _BUILD_KEYS if k in kw}
     smp_kw = kw
+    _check_smp_kwargs(arch, name, smp_kw)
     size = img_size or DEFAULT_IMG_SIZE
+    _check_size(size, smp_kw.get("encoder_depth", 5), name, arch)
     net = _new_smp(arch, name, num_classes, in_channels, smp_kw)
     units, shapes, slots = _cut(net.encoder, size, in_channels, name)
     if num_blocks is not None and num_blocks != len(units) + 1:

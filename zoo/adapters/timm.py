@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 
-from ..decoupled import DecoupledModel, build_decoupled, merge_units
+from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled, merge_units
+from ..errors import UserError, check_kwargs
 from ..heads import GlobalPool, LocalHead
 from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
 
@@ -38,8 +40,8 @@ VIT_DEFAULT_BLOCKS = 4
 
 # config keys that describe the data the model expects; recorded for users, ignored when rebuilding
 _INFO_KEYS = ("adapter", "timm_name", "input_size", "mean", "std", "interpolation", "crop_pct")
-_MODEL_KEYS = ("exit_policy", "exit_confidence", "exit_similarity")
-_BUILD_KEYS = ("ignore_index", "head_kwargs")
+_MODEL_KEYS = MODEL_KEYS
+_BUILD_KEYS = BUILD_KEYS
 # head modules kept by `export` for a decoupled model: they pool and reshape but do not transform features
 _POOL_TYPES = (SelectAdaptivePool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -200,13 +202,22 @@ def _cut(model: nn.Module, img_size: int, name: str) -> _Cut:
 # -- building ----------------------------------------------------------------------------------------------------
 def _new_timm(name: str, num_classes: int, img_size: int | None, timm_kwargs: dict[str, Any]) -> nn.Module:
     kw = dict(pretrained=False, num_classes=num_classes, **timm_kwargs)
-    if img_size is not None:
-        try:  # ViTs size their position embedding by img_size; CNNs take any size and reject the argument
-            return timm.create_model(name, img_size=img_size, **kw)
-        except TypeError as e:
-            if "img_size" not in str(e):
-                raise
-    return timm.create_model(name, **kw)
+    try:
+        if img_size is not None:
+            try:  # ViTs size their position embedding by img_size; CNNs take any size and reject the argument
+                return timm.create_model(name, img_size=img_size, **kw)
+            except TypeError as e:
+                if "img_size" not in str(e):
+                    raise
+        return timm.create_model(name, **kw)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        own = ("num_blocks", "projector", "pretrained_backbone", "img_size", *MODEL_KEYS, *BUILD_KEYS)
+        cls = type(timm.create_model(name, pretrained=False, num_classes=num_classes))
+        takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        check_kwargs(timm_kwargs, [*own, *takes], f"timm model {name!r}")
+        raise UserError(f"timm model {name!r} rejected its keywords: {e}") from None
 
 
 def _load_backbone(model: nn.Module, path: str) -> None:

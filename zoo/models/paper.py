@@ -14,7 +14,8 @@ import torch.nn as nn
 from torchvision.models.resnet import BasicBlock
 
 from .._registry import register_model
-from ..decoupled import DecoupledModel, build_decoupled, merge_units
+from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled, merge_units
+from ..errors import check_kwargs
 from ..heads import GlobalPool
 
 __all__ = ["paper_vgg", "paper_resnet18", "VGG_CFG"]
@@ -67,6 +68,8 @@ def _create(
     width: float,
     **kw: Any,
 ) -> DecoupledModel:
+    named = ("num_classes", "num_blocks", "img_size", "width", "projector")
+    check_kwargs(kw, [*named, *MODEL_KEYS, *BUILD_KEYS], name)
     bodies, ends = merge_units(units, num_blocks)
     shapes = [(channels[e], img_size // reductions[e], img_size // reductions[e]) for e in ends]
     config = {"name": name, "task": "cls", "method": method, "num_classes": num_classes, "num_blocks": len(bodies)}

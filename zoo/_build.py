@@ -1,0 +1,62 @@
+"""Build an architecture by name: a zoo-registered model, a timm classifier, or an SMP network on an encoder.
+
+No weights are read here (`zoo.create_model` handles `name.tag` pretrained names through `zoo.checkpoints`, which
+rebuilds through this module): keeping the two apart keeps the import graph free of cycles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _registry
+from .decoupled import DecoupledModel
+from .errors import UserError
+from .heads import check_method
+from .tasks import TASK_DEFAULTS, check_task
+
+__all__ = ["build_architecture", "list_architectures"]
+
+
+def build_architecture(
+    name: str,
+    task: str = "cls",
+    method: str = "deinforeg",
+    num_classes: int | None = None,
+    num_blocks: int | None = None,
+    arch: str | None = None,
+    **kwargs: Any,
+) -> DecoupledModel:
+    """A freshly initialised DecoupledModel; keyword arguments left as None are dropped (each model's own apply)."""
+    check_task(task)
+    check_method(method)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if num_blocks is not None:
+        kwargs["num_blocks"] = num_blocks
+    if _registry.is_registered(name):
+        if task != "cls":
+            raise UserError(f"{name!r} is a classification model; use task='cls'")
+        return _registry.get_entrypoint(name)(method=method, **kwargs)
+    if task == "cls":
+        from .adapters import timm as timm_adapter
+
+        return timm_adapter.create(name, method=method, **kwargs)
+    from .adapters import smp as smp_adapter
+
+    return smp_adapter.create(name, arch=arch or TASK_DEFAULTS["seg"]["arch"], method=method, **kwargs)
+
+
+def list_architectures(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Names `build_architecture` takes, with wildcards."""
+    check_task(task)
+    names: set[str] = set(_registry.registered_names(pattern, task))
+    if task in (None, "cls"):
+        from .adapters import timm as timm_adapter
+
+        names.update(timm_adapter.list_supported(pattern))
+    if task in (None, "seg"):
+        from .adapters import smp as smp_adapter
+
+        names.update(smp_adapter.list_supported(pattern))
+    return sorted(names)
