@@ -5,6 +5,7 @@ from ._factory import create_model, list_models
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
 from .export import export
+from .grow import freeze, grow
 from .heads import METHODS
 from .models import paper_resnet18, paper_vgg
 
@@ -16,6 +17,8 @@ __all__ = [
     "build_decoupled",
     "create_model",
     "export",
+    "freeze",
+    "grow",
     "list_models",
     "load_checkpoint",
     "losses",
