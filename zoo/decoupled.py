@@ -66,6 +66,8 @@ class Block(nn.Module):
         """Stop (or resume) training this block: no gradients, eval mode kept (BatchNorm statistics as trained)."""
         self.frozen = frozen
         self.requires_grad_(not frozen)
+        if frozen:
+            self.zero_grad(set_to_none=True)  # a stale gradient would still move it under weight decay
         return self.train(self.training if not frozen else False)
 
     def train(self, mode: bool = True) -> Block:

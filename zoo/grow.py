@@ -189,8 +189,8 @@ def _stage_blocks(model, specs, parent, k0, shape) -> list[tuple[Block, tuple[in
     return out
 
 
-def _reattach(model: DecoupledModel, n_old: int, old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> None:
-    """Point the SMP decoder's deepest skip at the new last encoder block (same shape, or GrowError)."""
+def _check_decoder(model: DecoupledModel, old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> list:
+    """The SMP decoder's skip slots, once checked that it can read `new_shape` where it read `old_shape`."""
     decoder = model.blocks[-1]
     slots = getattr(decoder.body, "slots", None)
     arch = model.config.get("arch", "segmentation")
@@ -202,7 +202,7 @@ def _reattach(model: DecoupledModel, n_old: int, old_shape: tuple[int, ...], new
             f"the grown encoder ends in {new_shape}; an SMP decoder is built for fixed feature shapes, so the last "
             f"new block must keep {old_shape} (e.g. a conv stage of width {old_shape[0]} and stride 1)"
         )
-    decoder.body.slots = [("block", len(model.blocks) - 1) if s == ("block", n_old) else s for s in slots]
+    return slots
 
 
 def _set_frozen(model: DecoupledModel, blocks: Sequence[int], frozen: bool) -> DecoupledModel:
@@ -259,6 +259,7 @@ def grow(
         if not 1 <= keep <= model.num_blocks:
             raise GrowError(f"keep={keep} is not possible: this model has {model.num_blocks} blocks")
     parent = (model._growth or {}).get("parent") or _plain(model.config)
+    n_before = len(_encoder(model))
     kept = list(model.blocks)[: keep or model.num_blocks]
     enc = kept[:-1] if seg else kept
     shapes = _shapes(model, enc)
@@ -278,10 +279,11 @@ def grow(
         new += [block.to(device, dtype) for block, _ in taken]
         shape = taken[-1][1]
         i += len(run)
+    if seg and new:  # the decoder's deepest skip moves from the old last encoder block to the new one
+        old, deepest = _check_decoder(model, shapes[-1], shape), ("block", len(enc))
+        model.blocks[-1].body.slots = [("block", len(enc) + len(new)) if s == deepest else s for s in old]
     model.blocks = nn.ModuleList([*enc, *new, *kept[len(enc) :]])
-    if seg and new:
-        _reattach(model, len(enc), shapes[-1], shape)
-    _record(model, len(_encoder(model)) - len(new), keep, specs)
+    _record(model, n_before, keep, specs)
     model.best_block.fill_(model.num_blocks - 1)
     _set_frozen(model, freeze, True)
     return model
