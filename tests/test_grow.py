@@ -205,6 +205,9 @@ def test_shape_mismatch_names_both_shapes():
         zoo.grow(model, [{"kind": "mlp"}])
     with pytest.raises(GrowError, match="block 7 does not exist"):
         zoo.freeze(model, [7])
+    with pytest.raises(GrowError, match="block 5 does not exist"):
+        zoo.grow(model, [{"kind": "conv", "width": 8}], freeze=[5])
+    assert model.num_blocks == 4 and model.growth is None
     with pytest.raises(GrowError, match="decoupled method"):
         zoo.grow(vgg(method="bp"), [{"kind": "conv", "width": 8}])
     with pytest.raises(ValueError, match="no head"):
@@ -250,3 +253,16 @@ def test_seg_deeper_stage_gives_the_decoder_error():
     assert model.num_blocks == 4 and model.blocks[-1].body.slots[-1] == ("block", 3)
     with pytest.raises(GrowError, match="keep is for classification"):
         zoo.grow(model, [], keep=2)
+
+
+def test_freeze_under_bp_trains_the_rest_end_to_end():
+    model = vgg(method="bp")
+    zoo.freeze(model, [0, 1])
+    assert len(model.param_groups()) == 1 and model.trained_blocks() == [2, 3]
+    frozen, rest = block_state(model, [0, 1]), block_state(model, [2, 3])
+    train(Trainer(model, TrainConfig(), total_steps=2), 2)
+    assert_unchanged(model, frozen)
+    assert_all_changed_params(model, [2, 3], rest)
+    assert model.growth["frozen"] == [0, 1] and model.growth["added"] == []
+    zoo.freeze(model, [0, 1], frozen=False)
+    assert model.growth is None and len(model.param_groups()[0]) == len(list(model.parameters()))

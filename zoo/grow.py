@@ -205,11 +205,14 @@ def _check_decoder(model: DecoupledModel, old_shape: tuple[int, ...], new_shape:
     return slots
 
 
-def _set_frozen(model: DecoupledModel, blocks: Sequence[int], frozen: bool) -> DecoupledModel:
-    n = model.num_blocks
+def _check_indices(blocks: Sequence[int], n: int) -> None:
     for k in blocks:
         if not isinstance(k, int) or not -n <= k < n:
             raise GrowError(f"block {k} does not exist: this model has blocks 0 to {n - 1}")
+
+
+def _set_frozen(model: DecoupledModel, blocks: Sequence[int], frozen: bool) -> DecoupledModel:
+    _check_indices(blocks, model.num_blocks)
     for k in blocks:
         model.blocks[k].freeze(frozen)
     return model
@@ -279,6 +282,7 @@ def grow(
         new += [block.to(device, dtype) for block, _ in taken]
         shape = taken[-1][1]
         i += len(run)
+    _check_indices(freeze, len(kept) + len(new))  # before anything changes
     if seg and new:  # the decoder's deepest skip moves from the old last encoder block to the new one
         old, deepest = _check_decoder(model, shapes[-1], shape), ("block", len(enc))
         model.blocks[-1].body.slots = [("block", len(enc) + len(new)) if s == deepest else s for s in old]
