@@ -6,6 +6,7 @@ from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
 from .errors import UserError
 from .export import export
+from .grow import freeze, grow
 from .heads import LOCAL_METHODS, METHODS
 from .models import paper_resnet18, paper_vgg
 from .tasks import TASK_DEFAULTS, TASKS
@@ -22,6 +23,8 @@ __all__ = [
     "build_decoupled",
     "create_model",
     "export",
+    "freeze",
+    "grow",
     "list_models",
     "load_checkpoint",
     "losses",

@@ -8,11 +8,18 @@ Randomness in training (dropout, stochastic depth, a dense head's pixel sampling
 given `rng=(seed, step)`, `step` runs block k under its own RNG stream seeded from (seed, step, k). A block's draws
 then do not depend on which other blocks run in the same process, so a pipeline that spreads the blocks over
 processes trains exactly like one process (the trainer and the pipeline engine both pass it).
+
+Growing a model (`zoo.grow`) relies on two switches here. A *frozen* block (`Block.frozen`) has no trainable
+parameters, stays in eval mode (BatchNorm statistics kept, dropout off) whatever `model.train()` says, runs under
+`no_grad` and gives no loss. `set_active(n)` makes only the first `n` blocks run (progressive depth): training,
+`param_groups` and every exit stop at block n. `param_groups()` then lists only the blocks that train;
+`trained_blocks()` says which block each group belongs to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +51,8 @@ class Block(nn.Module):
     """One block: `body` (part of the backbone) and its `head` (local head, task head, or None under BP).
 
     `takes_skips=True` marks a body that reads every earlier block's output (a segmentation decoder): it then
-    receives the list `[x, h_1, ..., h_{k-1}]` instead of the last tensor.
+    receives the list `[x, h_1, ..., h_{k-1}]` instead of the last tensor. A `frozen` block (see `freeze`) only
+    runs forward, in eval mode and without autograd.
     """
 
     def __init__(self, body: nn.Module, head: nn.Module | None = None, takes_skips: bool = False):
@@ -52,8 +60,24 @@ class Block(nn.Module):
         self.body = body
         self.head = head
         self.takes_skips = takes_skips
+        self.frozen = False
+
+    def freeze(self, frozen: bool = True) -> Block:
+        """Stop (or resume) training this block: no gradients, eval mode kept (BatchNorm statistics as trained)."""
+        self.frozen = frozen
+        self.requires_grad_(not frozen)
+        if frozen:
+            self.zero_grad(set_to_none=True)  # a stale gradient would still move it under weight decay
+        return self.train(self.training if not frozen else False)
+
+    def train(self, mode: bool = True) -> Block:
+        # a frozen block ignores model.train(): its BatchNorm statistics and dropout stay as they were trained
+        return super().train(mode and not self.frozen)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                return self.body(feats if self.takes_skips else feats[-1])
         return self.body(feats if self.takes_skips else feats[-1])
 
 
@@ -90,8 +114,12 @@ def forward_block(
     """Training forward of block `k` on the features so far: appends its output to `feats` and returns its head's
     `(loss, logits, parts)`, or None for a block without a head. `detach` cuts the graph at the block's input
     (decoupled methods); `rng=(seed, step)` runs it on its own RNG stream. `DecoupledModel.step` and each pipeline
-    stage both train through this, so the two layouts compute the same thing."""
+    stage both train through this, so the two layouts compute the same thing. A frozen block only runs forward:
+    None, like a block without a head."""
     inputs = [f.detach() for f in feats] if detach else feats
+    if block.frozen:
+        feats.append(block(inputs))
+        return None
     with block_rng(None if rng is None else block_seed(rng[0], rng[1], k), feats[0].device):
         h = block(inputs)
         feats.append(h)
@@ -167,6 +195,8 @@ class DecoupledModel(nn.Module):
         self.register_buffer("best_block", torch.tensor(len(blocks) - 1, dtype=torch.long))
         self.last_mean_depth: float | None = None
         self.exit_policy = exit_policy
+        self._active: int | None = None  # progressive depth: only the first blocks run (None: all)
+        self._growth: dict[str, Any] | None = None  # what zoo.grow changed since create_model (see `growth`)
 
     # -- configuration ---------------------------------------------------------------------------------------
     @property
@@ -185,16 +215,50 @@ class DecoupledModel(nn.Module):
             raise ValueError("exit policy 'adaptive' needs a head on every block; method 'bp' has only the last")
         self._exit_policy = policy
 
+    @property
+    def num_active(self) -> int:
+        """How many blocks run (progressive depth, see `set_active`); all of them by default."""
+        return self.num_blocks if self._active is None else min(self._active, self.num_blocks)
+
+    def set_active(self, n: int | None) -> None:
+        """Run only the first `n` blocks (None: all): training, `param_groups` and every exit stop at block n.
+
+        Progressive depth: start with `set_active(1)`, call `set_active(k + 1)` when block k+1 should join (then
+        rebuild the optimizers, e.g. `zoo.grow.refresh_optimizers(trainer)`)."""
+        if n is not None:
+            if not 1 <= n <= self.num_blocks:
+                raise ValueError(f"set_active({n}) is not possible: this model has 1 to {self.num_blocks} blocks")
+            if n < self.num_blocks and self.blocks[n - 1].head is None:
+                raise ValueError(f"block {n - 1} has no head (method {self.method!r}): it cannot be the last to run")
+        self._active = None if n is None or n == self.num_blocks else int(n)
+
+    @property
+    def growth(self) -> dict[str, Any] | None:
+        """How this model differs from `zoo.create_model(**config)`: zoo.grow's JSON-serialisable record (parent
+        config, blocks kept and added, frozen blocks, active count), or None for a model as created."""
+        frozen = [k for k, b in enumerate(self.blocks) if b.frozen]
+        if self._growth is None and not frozen and self._active is None:
+            return None
+        base = self._growth or {"version": 1, "parent": self.config, "keep": None, "added": []}
+        return {**copy.deepcopy(base), "frozen": frozen, "active": self._active}
+
+    def trained_blocks(self) -> list[int]:
+        """The active, unfrozen blocks: group i of `param_groups()` belongs to block `trained_blocks()[i]`."""
+        return [k for k, b in enumerate(self.blocks[: self.num_active]) if not b.frozen]
+
     def set_best_block(self, index: int) -> None:
         if not 0 <= index < self.num_blocks or self.blocks[index].head is None:
             raise ValueError(f"block {index} has no head to exit through")
         self.best_block.fill_(index)
 
     def param_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters per block (body + its head), so each block can own an optimizer. One group under BP."""
-        groups = [[p for p in b.parameters() if p.requires_grad] for b in self.blocks]
+        """Parameters per trained block (body + its head), so each block can own an optimizer. One group under BP.
+
+        Frozen and inactive blocks give no group (an optimizer refuses an empty one): see `trained_blocks`."""
+        groups = [[p for p in self.blocks[k].parameters() if p.requires_grad] for k in self.trained_blocks()]
         if self.method == "bp":
-            return [[p for g in groups for p in g]]
+            flat = [p for g in groups for p in g]
+            return [flat] if flat else []
         return groups
 
     # -- training ------------------------------------------------------------------------------------------
@@ -215,7 +279,7 @@ class DecoupledModel(nn.Module):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         feats = [x]
         out = StepOutput([], [], [])
-        for k, block in enumerate(self.blocks):
+        for k, block in enumerate(self.blocks[: self.num_active]):
             res = forward_block(block, k, feats, y, rng, detach=decoupled)
             if res is None:
                 out.logits.append(None)
@@ -237,21 +301,23 @@ class DecoupledModel(nn.Module):
         return logits
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor | None]:
-        """Every block's prediction (None for a block without a head), at input resolution for segmentation."""
+        """Every block's prediction (None for a block without a head or not active), at input resolution for
+        segmentation."""
         feats = [x]
         preds: list[torch.Tensor | None] = []
-        for block in self.blocks:
+        for block in self.blocks[: self.num_active]:
             h = block(feats)
             feats.append(h)
             preds.append(None if block.head is None else self._to_output(block.head(h), x))
-        return preds
+        return preds + [None] * (self.num_blocks - self.num_active)
 
     @property
     def exit_block(self) -> int:
         """The block `model(x)` predicts through under `last` or `best` (`adaptive` has no single exit)."""
         if self._exit_policy == "adaptive":
             raise ValueError("an adaptive exit depends on each input; set exit_policy to 'last' or 'best' first")
-        return self.num_blocks - 1 if self._exit_policy == "last" else int(self.best_block)
+        last = self.num_active - 1
+        return last if self._exit_policy == "last" else min(int(self.best_block), last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exit_policy == "adaptive":
@@ -269,7 +335,7 @@ class DecoupledModel(nn.Module):
 
     def _leave(self, prob: torch.Tensor, prev_prob: torch.Tensor | None, k: int) -> torch.Tensor:
         """Which samples exit at block k: confident enough, or agreeing with and similar to block k-1."""
-        if k == self.num_blocks - 1:
+        if k == self.num_active - 1:
             return torch.ones(prob.shape[0], dtype=torch.bool, device=prob.device)
         leave = prob.max(dim=1).values.mean(dim=1) >= self.exit_confidence
         if prev_prob is not None:
@@ -286,11 +352,11 @@ class DecoupledModel(nn.Module):
         """Per-sample early exit that only runs the blocks each sample still needs."""
         b = x.shape[0]
         out: torch.Tensor | None = None
-        depth = torch.full((b,), self.num_blocks, dtype=torch.long, device=x.device)
+        depth = torch.full((b,), self.num_active, dtype=torch.long, device=x.device)
         active = torch.arange(b, device=x.device)
         feats = [x]
         prev_prob: torch.Tensor | None = None
-        for k, block in enumerate(self.blocks):
+        for k, block in enumerate(self.blocks[: self.num_active]):
             h = block(feats)
             feats.append(h)
             logits = self._to_output(block.head(h), x[active])
@@ -312,10 +378,11 @@ class DecoupledModel(nn.Module):
 
     def adaptive_from_blocks(self, preds: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """The adaptive exit's output from every block's prediction (`forward_blocks`), with no second forward."""
+        preds = preds[: self.num_active]
         if any(p is None for p in preds):
             raise ValueError("the adaptive exit needs a head on every block")
         out = preds[-1].clone()
-        depth = torch.full((out.shape[0],), self.num_blocks, dtype=torch.long, device=out.device)
+        depth = torch.full((out.shape[0],), self.num_active, dtype=torch.long, device=out.device)
         undecided = torch.ones_like(depth, dtype=torch.bool)
         prev_prob: torch.Tensor | None = None
         for k, logits in enumerate(preds):

@@ -283,6 +283,9 @@ def export(model: DecoupledModel) -> nn.Module:
     config = model.config
     if config.get("adapter") != "smp":
         raise ValueError("export needs a model built by the SMP adapter")
+    growth = model.growth
+    if growth is not None and growth["added"]:
+        raise NotImplementedError("a grown model (zoo.grow) has encoder blocks SMP's architecture does not have")
     if model.exit_policy == "adaptive" or model.exit_block != model.num_blocks - 1:
         raise NotImplementedError("export supports the decoder's exit only")
     skip = set(_INFO_KEYS + _MODEL_KEYS + _BUILD_KEYS)

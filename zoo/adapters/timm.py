@@ -354,6 +354,9 @@ def export(model: DecoupledModel) -> nn.Module:
     config = model.config
     if config.get("adapter") != "timm":
         raise ValueError("export needs a model built by the timm adapter")
+    growth = model.growth
+    if growth is not None and (growth["added"] or growth["keep"] is not None):
+        raise NotImplementedError("a grown model (zoo.grow) has blocks timm's architecture does not have")
     if model.exit_policy == "adaptive" or model.exit_block != model.num_blocks - 1:
         raise NotImplementedError("export supports the last block's exit only")
     timm_model, bodies, cut = _rebuild(config)
