@@ -23,6 +23,7 @@ from ._build import build_architecture
 from ._files import CONFIG_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME, fsync_dir, sha256_file, staged, write_json
 from .decoupled import DecoupledModel
 from .errors import CheckpointError
+from .grow import regrow
 from .hub import fetch_url_folder, get_pretrained_entry, is_url, pull
 from .runtime import git_commit
 
@@ -133,6 +134,8 @@ def save_checkpoint(
     for k in ("mean", "std", "interpolation", "crop_pct"):
         if k in mcfg:
             config[k] = mcfg[k]
+    if model.growth is not None:
+        config["growth"] = model.growth  # blocks added to (or frozen in) the architecture "model" describes
     if trainer_state is not None:
         config.update(step=int(trainer_state.get("step", 0)), epoch=int(trainer_state.get("epoch", 0)))
     config.update(metadata or {})
@@ -248,6 +251,8 @@ def load_checkpoint(
         kwargs["encoder_weights"] = None  # the checkpoint carries every weight; never download
     try:
         model = build_architecture(**kwargs)
+        if config.get("growth"):
+            regrow(model, config["growth"])
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"cannot rebuild {_describe(config)} from {folder}: {e}") from None
     _check_fits(model, tensors, str(folder), f"the architecture its config describes ({_describe(config)})")

@@ -45,9 +45,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ._build import build_architecture
 from .adapters._stages import eval_mode
 from .decoupled import Block, DecoupledModel
+from .errors import UserError
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead
+from .train import build_optimizers
 
 __all__ = ["GrowError", "KINDS", "freeze", "grow", "refresh_optimizers", "regrow"]
 
@@ -57,7 +60,7 @@ _SPEC_KEYS = {"conv": {"kind", "width", "stride", "depth"}, "stages": {"kind", "
 _NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
 
 
-class GrowError(ValueError):
+class GrowError(UserError):
     """A model cannot be grown, frozen or regrown as asked; the message says why."""
 
 
@@ -152,17 +155,15 @@ def _conv_block(model: DecoupledModel, spec: dict[str, Any], shape: tuple[int, .
 
 def _source(model: DecoupledModel, parent: dict[str, Any], name: str | None, kwargs: dict[str, Any]):
     """The model whose blocks a stages spec takes: the parent architecture, or `name` built to fit this model."""
-    from ._factory import create_model
-
     if name is None:
-        return create_model(**{**_rebuild_kwargs(parent), **kwargs})
+        return build_architecture(**{**_rebuild_kwargs(parent), **kwargs})
     keys = ("img_size", "projector", "head_kwargs", "in_channels", "arch", "ignore_index")
     kw = {k: parent[k] for k in keys if k in parent}
     if model.task == "seg":
         kw.pop("projector", None)
     kw.update(task=model.task, method=model.method, num_classes=model.num_classes, **kwargs)
     try:
-        return create_model(name, **kw)
+        return build_architecture(name, **kw)
     except (TypeError, ValueError) as e:
         raise GrowError(f"cannot build {name!r} to take stages from: {e}") from None
 
@@ -300,9 +301,7 @@ def regrow(base: DecoupledModel | None, growth: dict[str, Any]) -> DecoupledMode
     if not isinstance(growth, dict) or growth.get("version") != 1:
         raise GrowError("not a growth record of version 1 (see zoo.grow's module docstring)")
     if base is None:
-        from ._factory import create_model
-
-        base = create_model(**_rebuild_kwargs(growth["parent"]))
+        base = build_architecture(**_rebuild_kwargs(growth["parent"]))
     if base.growth is not None:
         raise GrowError("regrow needs a model as created: this one was already grown, frozen or set_active")
     if _plain(_rebuild_kwargs(base.config)) != _plain(_rebuild_kwargs(growth["parent"])):
@@ -320,8 +319,6 @@ def refresh_optimizers(trainer: Any) -> None:
     Blocks that keep training keep their optimizer state, new ones start fresh, frozen or inactive ones lose theirs;
     every learning rate continues the trainer's schedule at its current step. Reads `trainer.model`, `cfg`,
     `total_steps`, `step`, `optimizers` and `schedulers`."""
-    from .train import build_optimizers
-
     old = {id(p): state for o in trainer.optimizers for p, state in o.state.items()}
     optims, scheds = build_optimizers(trainer.model, trainer.cfg, trainer.total_steps)
     for o, s in zip(optims, scheds):

@@ -241,7 +241,8 @@ class Trainer:
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         out = self.model.step(x, y, rng=(self.rng_seed, self.step))
-        heads = [k for k, b in enumerate(self.model.blocks) if b.head is not None]
+        # the blocks that gave a loss: active, unfrozen, with a head (zoo.grow freezes and activates blocks)
+        heads = [k for k in self.model.trained_blocks() if self.model.blocks[k].head is not None]
         for k, loss in zip(heads, out.losses):
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(k, self.model.method, self.step, float(loss.detach()))
@@ -282,7 +283,7 @@ class Trainer:
         return EvalResult(
             metric_name=metric_name(m.task),
             per_block=per_block,
-            last=per_block[-1] if per_block[-1] is not None else float("nan"),
+            last=per_block[m.num_active - 1] if per_block[m.num_active - 1] is not None else float("nan"),
             best=per_block[best_idx],
             adaptive=ada.score(m.task) if use_adaptive else None,
             adaptive_depth=depth_sum / n if n else None,
