@@ -14,11 +14,11 @@ for cfg in leaderboards/configs/accuracy_*.yaml; do
 done
 "$PY" -m benchmarks.run --config leaderboards/configs/throughput_cls_digits_resnet18.yaml
 # multi-process pipeline (each CPU stage process pinned to one thread = one device); run on a quiet machine
-"$PY" -m benchmarks.run --bench throughput --model resnet18 --task cls --stages 2 --optimizer sgd --lr 0.05 --steps 60
-"$PY" -m benchmarks.run --bench throughput --model resnet18 --task seg --stages 2 --optimizer sgd --lr 0.05
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --optimizer sgd --lr 0.05 --steps 60
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2 --optimizer sgd --lr 0.05
 # the pipeline rows from 2026-11-25 19:30 on (fused optimizers, pinned stages, GPipe / 1F1B at M = 2 and 4)
-"$PY" -m benchmarks.pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3
-"$PY" -m benchmarks.run --bench throughput --model resnet18 --task cls --stages 2
-"$PY" -m benchmarks.run --bench throughput --model resnet18 --task seg --stages 2
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
