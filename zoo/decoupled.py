@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
 from .metrics import IGNORE_INDEX
+from .tasks import check_task
 
 __all__ = [
     "Block",
@@ -183,8 +184,7 @@ class DecoupledModel(nn.Module):
     ):
         super().__init__()
         check_method(method)
-        if task not in ("cls", "seg"):
-            raise ValueError(f"unknown task {task!r}; valid choices: cls, seg")
+        check_task(task)
         self.blocks = nn.ModuleList(blocks)
         self.method = method
         self.task = task

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled
 from ..errors import UserError, check_kwargs
+from ..tasks import TASK_DEFAULTS
 from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
 from .timm import CNN_MODULES
 
@@ -210,7 +211,7 @@ def _data_info(name: str) -> dict[str, Any]:
 
 def create(
     name: str,
-    arch: str = "unet",
+    arch: str = TASK_DEFAULTS["seg"]["arch"],
     method: str = "deinforeg",
     num_classes: int = 21,
     num_blocks: int | None = None,
