@@ -91,6 +91,18 @@ def test_a_dead_stage_stops_every_stage_naming_it(tmp_path, kind):
     assert not (tmp_path / "ckpt").exists()  # nothing written as complete
 
 
+def test_a_stalled_stage_stops_the_run_within_30_s_naming_what_each_waited_for():
+    """Stage 0 hangs at step 2 with its process alive (heartbeats go on): its watchdog sees no progress."""
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError) as err:
+        launch(_tiny(fault="0:2:hang", steps=6), BUILDER, BATCHES)
+    elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert "stage 0 stalled: no progress for over 15 s while computing step 2" in msg, msg
+    assert "stage 1 was waiting for micro-batch 2 from stage 0" in msg, msg
+    assert elapsed < 30 + 15, f"{elapsed:.0f} s"  # 30 s, plus starting two processes on a busy 2-core box
+
+
 def test_bp_baseline_runs_over_torch_pipelining():
     result = launch(_tiny(engine="gpipe", steps=3, micro_batches=2), BUILDER, BATCHES)
     assert len(result.stages) == 2 and result.stages[-1]["samples_per_s"] > 0

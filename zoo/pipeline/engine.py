@@ -27,7 +27,7 @@ from ..decoupled import DecoupledModel, forward_block
 from ..heads import LOCAL_METHODS
 from ..runtime import PeakMemory
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
-from ._comm import DATA, Link
+from ._comm import DATA, Link, Watchdog
 from .partition import stage_slices
 
 __all__ = [
@@ -71,6 +71,7 @@ class PipelineConfig:
     pin_cpu: bool = True  # CPU: give each local stage process its own cores (`threads` of them) when there are enough
     timeout_s: float = 120.0  # longest wait for any single message
     dead_after_s: float = 10.0  # a stage silent this long is declared dead
+    stall_after_s: float = 15.0  # a live stage making no training progress this long (or 10× its slowest step)
     host: str = "127.0.0.1"
     port: int | None = None  # spawn mode: rendezvous port (None: a free one)
     checkpoint: str | None = None  # write the trained model here (zoo.checkpoints format)
@@ -131,6 +132,11 @@ def _fault(cfg: PipelineConfig, rank: int, step: int) -> None:
     raise RuntimeError(f"injected fault at step {step}")
 
 
+def _mark(wd: Watchdog | None, what: str | None, waiting: bool = False) -> None:
+    if wd is not None:
+        wd.mark(what, waiting)
+
+
 def _window(ends: list[float], warmup: int) -> tuple[float, int]:
     """Seconds and steps of the steady-state window: from the end of step `warmup-1` to the end of the last."""
     w = min(max(warmup, 1), len(ends) - 1)
@@ -158,8 +164,10 @@ def stage_decoupled(
     first, last = rank == 0, rank == world - 1
     source = _cycle(batches, cfg.steps) if first else None
     mem = PeakMemory(device).start()
+    wd = link.watchdog
     compute, ends = [], []
     for t in range(cfg.steps):
+        _mark(wd, f"computing step {t}")
         _fault(cfg, rank, t)
         if first:
             x, y = next(source)
@@ -181,6 +189,8 @@ def stage_decoupled(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute.append(time.perf_counter() - t0)
+        if wd is not None:
+            wd.step_done(compute[-1])
         if not last:
             out = feats if skips_out else feats[-1:]
             link.send(rank + 1, DATA, t, [f.detach() for f in out] + [y])
@@ -188,6 +198,7 @@ def stage_decoupled(
     # The window ends when the last send is issued, as it starts: in steady state a stage is always up to
     # `max_in_flight` sends ahead of its successor, so timing the final flush would charge it that many extra steps.
     link.flush()
+    _mark(wd, None)  # gathering the final state is not a training step
     stats = _stage_stats(cfg, rank, "deinforeg", batch_size_of(batches), compute, ends, link, mem)
     return stats | {
         "blocks": list(mine),
@@ -270,6 +281,7 @@ def stage_bp(
     world: int,
     sizes: list[int],
     device: torch.device,
+    watchdog: Watchdog | None = None,
 ) -> dict[str, Any]:
     """Train this stage's BP blocks with ScheduleGPipe / Schedule1F1B over the same partition."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -297,8 +309,11 @@ def stage_bp(
     compute, ends = [], []
     mem = PeakMemory(device).start()
     for t, (x, y) in enumerate(_cycle(batches, cfg.steps)):
+        _mark(watchdog, f"starting step {t}")
         _fault(cfg, rank, t)
-        c0 = time.process_time()
+        # inside the schedule computing and waiting for neighbours look the same from here: counted as waiting
+        _mark(watchdog, f"in step {t} of the {cfg.engine} schedule (torch.distributed.pipelining)", waiting=True)
+        c0, w0 = time.process_time(), time.perf_counter()
         opt.zero_grad(set_to_none=True)
         if first and skips_out:
             x = x.requires_grad_(True)  # x travels on as a skip feature; pipelining sends gradients for every output
@@ -313,6 +328,9 @@ def stage_bp(
         # one thread per stage: process CPU time is the busy time (gloo's transport threads add a little)
         compute.append(time.process_time() - c0)
         ends.append(time.perf_counter())
+        if watchdog is not None:
+            watchdog.step_done(ends[-1] - w0)
+    _mark(watchdog, None)
     stats = _stage_stats(cfg, rank, cfg.engine, batch_size_of(batches), compute, ends, None, mem)
     per_step = 2 * sent[0] * cfg.micro_batches  # activations forward, the same bytes of gradients back
     stats.update(bytes_sent=per_step * len(ends), bytes_sent_per_step=per_step, comm_s_per_step=float("nan"))

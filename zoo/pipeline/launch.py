@@ -244,7 +244,16 @@ def _stage_main(
         world_size=world,
         timeout=datetime.timedelta(seconds=cfg.timeout_s),
     )
-    wd = Watchdog(host, port, prefix, rank, world, dead_after_s=cfg.dead_after_s)
+    wd = Watchdog(
+        host,
+        port,
+        prefix,
+        rank,
+        world,
+        dead_after_s=cfg.dead_after_s,
+        stall_after_s=cfg.stall_after_s,
+        first_step_s=cfg.timeout_s,
+    )
     wd.start()
     try:
         info = _decide_partition(cfg, builder, batches, store, rank, world, wd)
@@ -253,7 +262,7 @@ def _stage_main(
         if cfg.engine == "deinforeg":
             out = stage_decoupled(cfg, builder, batches, rank, world, sizes, link)
         else:
-            out = stage_bp(cfg, builder, batches, rank, world, sizes, device)
+            out = stage_bp(cfg, builder, batches, rank, world, sizes, device, wd)
         _log(cfg, rank, f"done: {out['compute_s_per_step'] * 1e3:.1f} ms compute/step, busy {out['busy']:.0%}")
         if rank != 0:
             link.send_blob(0, pack(out))
