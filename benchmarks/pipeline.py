@@ -1,51 +1,47 @@
-"""Multi-device pipeline throughput: the DeInfoReg pipeline against single-device BP and BP over GPipe / 1F1B.
+"""Multi-device pipeline throughput: decoupled pipelines (DeInfoReg, greedy, SCPL) against single-device BP and
+BP over GPipe / 1F1B. The `pipeline` bench of the harness:
 
-    python -m benchmarks.pipeline --model resnet18 --task cls --stages 2          # or through the harness:
-    python -m benchmarks.run --bench throughput --model resnet18 --task cls --stages 2
+    python -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --methods deinforeg,scpl
 
 Engines, all on the same model, data, batch and partition, measured one after another in one run:
-  bp-single         single-process BP (one device's worth of compute: one thread on CPU, one GPU on GPU)
-  deinforeg-single  DeInfoReg in one process, blocks one after another (isolates the pipeline's own gain)
-  deinforeg-pipe    the DeInfoReg pipeline, one process per stage (zoo.pipeline)
+  bp-single         single-process BP (one device's worth of compute: `threads` threads on CPU, one GPU on GPU)
+  deinforeg-single  the local method in one process, blocks one after another (isolates the pipeline's own gain)
+  deinforeg-pipe    the decoupled pipeline, one process per stage (zoo.pipeline)
   gpipe, 1f1b       BP over the same stages with torch.distributed.pipelining, `--micro-batches` per batch
   bp-single-mb      single-process BP at the micro-batch size (what micro-batching alone costs GPipe / 1F1B)
-On CPU every stage process is pinned to one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1) and stands for one
-device; the single-process baselines run on one thread too. Reported ratios come from one run (never across runs).
+The two decoupled engines run once for each local method of `--methods` (the rows' `method` column); the BP engines
+are the reference. On CPU every stage process is pinned to `--threads` threads (default 1) and stands for one device;
+the single-process baselines run on as many. Reported ratios come from one run (never across runs).
 
 A scaling model predicts the speedup for more stages and other links from the measured per-block compute and link
-times; it is printed beside the measured points and plotted to `leaderboards/`.
+times; it is printed beside the measured points and plotted to the leaderboard folder.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import math
 import statistics
-import sys
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from zoo.pipeline import PipelineConfig, launch, run_single
-from zoo.pipeline.launch import check_micro_batches
+from zoo import LOCAL_METHODS, UserError
+from zoo.pipeline import Batches, Builder, PipelineConfig, check_micro_batches, launch, run_single
 from zoo.pipeline.partition import balanced_split, stage_slices
+from zoo.runtime import resolve_device
 from zoo.train import TrainConfig
 
-from .config import ConfigError, micro_batch_counts, parse_kwargs
-from .results import append_rows, environment
+from .build import batch_pool, model_builder
+from .config import ENGINE_ORDER, RunConfig
+from .results import append_rows, record_rows
 
-__all__ = ["COLUMNS", "CPU_NOTE", "run", "main", "scaling_model", "build_parser"]
+__all__ = ["COLUMNS", "POOL_BATCHES", "run", "scaling_model", "gpipe_bound"]
 
-ENGINE_ORDER = ("bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "bp-single-mb")
+DECOUPLED = ("deinforeg-single", "deinforeg-pipe")  # run once per local method
 MICRO_ENGINES = ("gpipe", "1f1b", "bp-single-mb")  # run once per micro-batch count
 PIPELINING = ("gpipe", "1f1b")
-# GPipe / 1F1B are measured at every count and the best is the baseline: fewer micro-batches mean a larger bubble
-# (M / (M+S-1)) but larger, more efficient micro-batches; which wins depends on the machine
-DEFAULT_MICRO_BATCHES = (2, 4)
-CPU_NOTE = "cpu: each stage process pinned to 1 thread = 1 device; single-process baselines on 1 thread"
+POOL_BATCHES = 8  # real training batches held in memory and cycled (data loading is not what we measure)
 COLUMNS = [
     "model",
     "task",
@@ -78,23 +74,23 @@ COLUMNS = [
 
 
 # -- engines ------------------------------------------------------------------------------------------------------
-def _single_child(cfg: PipelineConfig, method: str, queue) -> None:
+def _single_child(cfg: PipelineConfig, builder: Builder, batches: Batches, method: str, queue) -> None:
     import os
 
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     try:
-        queue.put(("ok", run_single(cfg, method)["stats"]))
+        queue.put(("ok", run_single(cfg, builder, batches, method)["stats"]))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def _run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
+def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method: str) -> dict[str, Any]:
     """A single-process baseline in a fresh process (its own thread setting, nothing shared with the launcher)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_single_child, args=(cfg, method, q))
+    p = ctx.Process(target=_single_child, args=(cfg, builder, batches, method, q))
     p.start()
     try:
         status, value = q.get(timeout=max(600.0, cfg.timeout_s * 5))
@@ -107,14 +103,18 @@ def _run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
     return {"stages": [value], "partition": None, "predicted_s": None, "profile": None}
 
 
-def _run_engine(engine: str, cfg: PipelineConfig) -> dict[str, Any]:
-    if engine == "bp-single":
-        return _run_single(cfg, "bp")
-    if engine == "deinforeg-single":
-        return _run_single(cfg, cfg.method)
-    if engine == "bp-single-mb":  # BP at the micro-batch size: what micro-batching alone costs
-        return _run_single(replace(cfg, batch_size=cfg.batch_size // cfg.micro_batches), "bp")
-    res = launch(replace(cfg, engine="deinforeg" if engine == "deinforeg-pipe" else engine))
+def _split(batches: Batches, m: int) -> list:
+    """The same samples in batches `m` times smaller (BP at the micro-batch size)."""
+    return [pair for x, y in batches for pair in zip(x.chunk(m), y.chunk(m), strict=True)]
+
+
+def _run_engine(engine: str, method: str, pc: PipelineConfig, builder: Builder, batches: Batches) -> dict[str, Any]:
+    if engine in ("bp-single", "deinforeg-single"):
+        return _run_single(pc, builder, batches, method)
+    if engine == "bp-single-mb":
+        return _run_single(pc, builder, _split(batches, pc.micro_batches), "bp")
+    pipe = "deinforeg" if engine == "deinforeg-pipe" else engine
+    res = launch(replace(pc, engine=pipe, method=method if pipe == "deinforeg" else pc.method), builder, batches)
     return {"stages": res.stages, "partition": res.partition, "predicted_s": res.predicted_s, "profile": res.profile}
 
 
@@ -172,10 +172,10 @@ def _median(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 def _summaries(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     out = {}
-    for engine, runs in results.items():
+    for label, runs in results.items():
         # every stage's own steady-state rate; the pipeline delivers the slowest (queued sends can flatter one stage)
         sps = statistics.median(min(st["samples_per_s"] for st in r["stages"]) for r in runs)
-        out[engine] = {
+        out[label] = {
             "samples_per_s": sps,
             "busy": _median(runs, "busy"),
             "peak_mem_mb": _median(runs, "peak_mem_mb"),
@@ -189,6 +189,7 @@ def _summaries(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
             "predicted_s": runs[0]["predicted_s"],
             "profile": runs[0]["profile"],
             "engine": runs[0]["engine"],
+            "method": runs[0]["method"],
             "m": runs[0]["m"],
         }
     return out
@@ -205,7 +206,7 @@ def _plot(path: Path, title: str, model_lines: dict[str, list[tuple[int, float]]
     ax.plot(xs, xs, ":", color="#999999", label="ideal (S×)")
     styles = iter(["-o", "-s", "-^", "-v", "-D", "-P"])
     for name, line in model_lines.items():
-        style = next(styles, "-o") if "DeInfoReg" in name else "--"
+        style = next(styles, "-o") if " model, " in name else "--"
         ax.plot([x for x, _ in line], [y for _, y in line], style, label=name, ms=4, alpha=0.8, mfc="none")
     markers = {"deinforeg-pipe": ("*", "#d62728"), "gpipe": ("s", "#444444"), "1f1b": ("^", "#1f77b4")}
     for i, (label, v) in enumerate(measured.items()):
@@ -226,117 +227,112 @@ def _plot(path: Path, title: str, model_lines: dict[str, list[tuple[int, float]]
 
 
 # -- the bench ----------------------------------------------------------------------------------------------------
-def _config_from(cfg: Any, model: str) -> tuple[PipelineConfig, dict[str, Any]]:
-    """A PipelineConfig from the harness's RunConfig or this module's argparse Namespace (getattr defaults)."""
-    g = lambda k, d=None: getattr(cfg, k, d) if getattr(cfg, k, None) is not None else d  # noqa: E731
-    task = g("task", "cls")
-    device = g("device", "cpu")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    seeds = g("seeds", [0])
-    seed = seeds[0] if isinstance(seeds, list | tuple) else int(seeds)
-    train = TrainConfig(optimizer=g("optimizer", "adamw"), lr=g("lr", 2e-3), weight_decay=g("weight_decay", 5e-4))
-    micro = sorted(set(micro_batch_counts(g("micro_batches", DEFAULT_MICRO_BATCHES))))
-    pc = PipelineConfig(
-        model=model,
-        task=task,
-        arch=g("arch"),
-        method=g("method", "deinforeg"),
-        num_blocks=g("num_blocks"),
-        img_size=g("img_size"),
-        model_kwargs=dict(g("model_kwargs", {}) or {}),
-        data=g("dataset", "auto"),
-        batch_size=g("batch_size", 64 if task == "cls" else 16),
-        steps=g("steps", 20),
-        warmup_steps=g("warmup", 3),
-        micro_batches=micro[0],
-        stages=g("stages", 2),
-        seed=seed,
-        train=train,
-        device=device,
-        threads=1 if device == "cpu" else g("threads", 1),
-        pin_cpu=g("pin_cpu", True),
-        verbose=g("verbose", True),
-    ).resolved()
-    engines = [e.strip() for e in str(g("engines", ",".join(ENGINE_ORDER))).split(",") if e.strip()]
-    if any(e in MICRO_ENGINES for e in engines):
-        for m in micro:
-            check_micro_batches(pc.batch_size, m)  # before anything runs
-    extra = {
-        "micro_batches": micro,
-        "engines": engines,
-        "repeats": int(g("repeats", 1)),
-        "bandwidths_gbps": [float(v) for v in str(g("bandwidth_gbps", "0.1,1,10")).split(",") if v.strip()],
-        "leaderboard_dir": g("leaderboard_dir", "leaderboards"),
-        "write": bool(g("write", True)),
-        "plot": bool(g("plot", True)),
-    }
-    return pc, extra
+def _label(engine: str, method: str, m: int | None) -> str:
+    if m is not None:
+        return f"{engine} M={m}"
+    return f"{engine} ({method})" if engine in DECOUPLED and method != "deinforeg" else engine
 
 
-def run(cfg: Any) -> list[dict[str, Any]]:
-    """Run the pipeline bench for every model in `cfg.model`; append rows; print the table and the scaling model."""
-    models = cfg.model if isinstance(getattr(cfg, "model", None), list | tuple) else [getattr(cfg, "model", None)]
-    rows: list[dict[str, Any]] = []
-    for name in models:
-        rows += _run_model(cfg, name or "resnet18")
-    return rows
-
-
-def _run_model(cfg: Any, model: str) -> list[dict[str, Any]]:
-    pc, extra = _config_from(cfg, model)
-    run_id = f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-pipeline-{uuid.uuid4().hex[:6]}"
-    s = int(pc.stages)
-    note = CPU_NOTE if pc.device == "cpu" else "gpu: one GPU per stage"
-    if pc.device == "cpu":
-        note += ", each process on its own core" if pc.pin_cpu else ", processes not pinned to cores"
-    note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
-    print(
-        f"pipeline bench {run_id}: {model} {pc.task} on {pc.data} {pc.img_size}px, batch {pc.batch_size}, {s} "
-        f"stages, {pc.steps} steps ({pc.warmup_steps} warm-up), micro-batches "
-        f"{'/'.join(map(str, extra['micro_batches']))} (gpipe/1f1b; the best is the baseline)"
+def _pipeline_config(cfg: RunConfig) -> PipelineConfig:
+    device = resolve_device(cfg.device)
+    local = [m for m in cfg.methods if m in LOCAL_METHODS]
+    return PipelineConfig(
+        method=local[0] if local else "deinforeg",  # also what profiles the partition
+        stages=cfg.stages,
+        partition=list(cfg.partition) if cfg.partition else None,
+        steps=cfg.steps,
+        warmup_steps=cfg.warmup,
+        micro_batches=cfg.micro_batches[0],
+        seed=cfg.seeds[0],
+        train=TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        device=device.type,
+        threads=cfg.threads or 1,  # one CPU stage process on `threads` cores stands for one device
+        pin_cpu=cfg.pin_cpu,
     )
-    print(note, flush=True)
-    engines = [e for e in ENGINE_ORDER if e in extra["engines"]]
-    if "gpipe" in engines or "1f1b" in engines or "deinforeg-pipe" in engines:
-        engines = ["deinforeg-pipe"] + [e for e in engines if e != "deinforeg-pipe"]  # it decides the partition
-    plan = [
-        (f"{e} M={m}" if e in MICRO_ENGINES else e, e, m if e in MICRO_ENGINES else None)
-        for e in engines
-        for m in (extra["micro_batches"] if e in MICRO_ENGINES else [None])
-    ]
-    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
-    for rep in range(extra["repeats"]):
-        for label, engine, m in plan:
-            out = _run_engine(engine, replace(pc, micro_batches=m) if m else pc)
-            if engine == "deinforeg-pipe" and pc.partition is None:
-                pc = replace(pc, partition=out["partition"])
-            results[label].append(out | {"engine": engine, "m": m})
-            print(
-                f"  [{rep + 1}/{extra['repeats']}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s",
-                flush=True,
-            )
-    summ = _summaries(results)
-    rows = _report(pc, summ, extra, note, run_id, model)
-    if extra["write"] and rows:
-        path = Path(extra["leaderboard_dir"]) / f"throughput_pipeline_{pc.task}_{pc.data}.csv"
-        append_rows(path, rows, COLUMNS)
-        print(f"rows → {path}")
+
+
+def _plan(cfg: RunConfig) -> list[tuple[str, str, str, int | None]]:
+    """(label, engine, method, micro-batches) in measuring order; the first pipeline decides the partition."""
+    local = [m for m in cfg.methods if m in LOCAL_METHODS]
+    engines = [e for e in ENGINE_ORDER if e in cfg.engines]
+    if not local and any(e in DECOUPLED for e in engines):
+        raise UserError(
+            f"--bench pipeline trains the decoupled engines with a local method: give at least one of "
+            f"{', '.join(LOCAL_METHODS)} in --methods (got {', '.join(cfg.methods)})"
+        )
+    if "deinforeg-pipe" in engines:
+        engines = ["deinforeg-pipe"] + [e for e in engines if e != "deinforeg-pipe"]
+    plan = []
+    for e in engines:
+        for method in local if e in DECOUPLED else ["bp"]:
+            for m in sorted(set(cfg.micro_batches)) if e in MICRO_ENGINES else [None]:
+                plan.append((_label(e, method, m), e, method, m))
+    return plan
+
+
+def run(
+    cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Measure every engine (the decoupled ones for each local method) for every model; append rows; print the
+    table, where the speedup goes and the scaling model; record the rows in the run folder and W&B."""
+    plan = _plan(cfg)  # user errors before anything runs
+    rows: list[dict[str, Any]] = []
+    for name in cfg.model:
+        rows += _run_model(cfg, name, plan, run_id, env, log)
+    record_rows(cfg, run_dir, run_id, rows, log)
     return rows
 
 
-def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
+def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str], log) -> list[dict[str, Any]]:
+    pc = _pipeline_config(cfg)
+    builder = model_builder(cfg, model)
+    batches = batch_pool(cfg, POOL_BATCHES, pc.seed)
+    b, img = int(batches[0][0].shape[0]), int(batches[0][0].shape[-1])
+    if any(e in MICRO_ENGINES for _, e, _, _ in plan):
+        for m in cfg.micro_batches:
+            check_micro_batches(b, m)  # before anything runs
+    s = int(pc.stages)
+    if pc.device == "cpu":
+        note = f"cpu: each stage process pinned to {pc.threads} thread(s) = 1 device; single-process baselines on "
+        note += f"{pc.threads} thread(s)" + (
+            ", each process on its own core" if pc.pin_cpu else ", processes not pinned to cores"
+        )
+    else:
+        note = "gpu: one GPU per stage"
+    note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
+    seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
+    log(
+        f"pipeline bench {run_id}: {model} {cfg.task} on {cfg.dataset} {img}px, batch {b}, {s} stages, {pc.steps} "
+        f"steps ({pc.warmup_steps} warm-up){seeds}, methods {', '.join(sorted({m for _, _, m, _ in plan} - {'bp'}))}"
+        f", micro-batches {'/'.join(map(str, sorted(set(cfg.micro_batches))))} (gpipe/1f1b; the best is the baseline)"
+    )
+    log(note)
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in plan}
+    for rep in range(cfg.repeats):
+        for label, engine, method, m in plan:
+            out = _run_engine(engine, method, replace(pc, micro_batches=m) if m else pc, builder, batches)
+            if out["partition"] is not None and pc.partition is None:
+                pc = replace(pc, partition=out["partition"])  # every later engine runs on the same stages
+            results[label].append(out | {"engine": engine, "method": method, "m": m})
+            log(f"  [{rep + 1}/{cfg.repeats}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s")
+    summ = _summaries(results)
+    rows = _report(cfg, pc, summ, note, run_id, env, model, b, img, log)
+    path = Path(cfg.leaderboard_dir) / f"throughput_pipeline_{cfg.task}_{cfg.dataset}.csv"
+    append_rows(path, rows, COLUMNS)
+    log(f"rows → {path}")
+    _explain(cfg, pc, summ, model, b, img, log)
+    return rows
+
+
+def _report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[str, Any]]:
     s = int(pc.stages)
     bp = summ.get("bp-single", {}).get("samples_per_s")
     pipe_bp = {k: v["samples_per_s"] for k, v in summ.items() if v["engine"] in PIPELINING}
     best = max(pipe_bp, key=pipe_bp.get) if pipe_bp else None
     best_pipe_bp = pipe_bp[best] if best else None
-    env = environment(pc.device)
     rows = []
-    print(
-        f"\n{'engine':18s} {'samples/s':>10s} {'×BP':>6s} {'×GPipe/1F1B':>11s}  busy/stage   peak MiB/stage  "
+    log(
+        f"\n{'engine':26s} {'samples/s':>10s} {'×BP':>6s} {'×GPipe/1F1B':>11s}  busy/stage   peak MiB/stage  "
         f"comm MB/step  comm ms/step  compute ms/stage"
     )
     for label, v in summ.items():
@@ -347,23 +343,23 @@ def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
         comm_ms = [c * 1e3 for c in v["comm_s"]]
         mb = sum(v["bytes"]) / 2**20
         pred = v["predicted_s"] if engine == "deinforeg-pipe" else None
-        print(
-            f"{label:18s} {sps:10.1f} {vs_bp:6.2f} {vs_pp:11.2f}  {_fmt(v['busy'], '.2f'):11s}  "
+        log(
+            f"{label:26s} {sps:10.1f} {vs_bp:6.2f} {vs_pp:11.2f}  {_fmt(v['busy'], '.2f'):11s}  "
             f"{_fmt(v['peak_mem_mb'], '.0f'):14s}  {mb:12.2f}  {_fmt(comm_ms, '.1f'):12s}  "
             f"{_fmt([c * 1e3 for c in v['compute_s']], '.1f')}"
         )
-        is_pipe = engine not in ("bp-single", "deinforeg-single", "bp-single-mb")
+        is_pipe = engine in ("deinforeg-pipe", *PIPELINING)
         rows.append(
             {
                 "model": model,
-                "task": pc.task,
-                "dataset": pc.data,
+                "task": cfg.task,
+                "dataset": cfg.dataset,
                 "engine": engine,
-                "method": "bp" if engine in ("bp-single", "gpipe", "1f1b", "bp-single-mb") else pc.method,
+                "method": v["method"],
                 "stages": s if is_pipe else 1,
                 "micro_batches": m if engine in PIPELINING else 1,
-                "batch_size": pc.batch_size // m if engine == "bp-single-mb" else pc.batch_size,
-                "img_size": pc.img_size,
+                "batch_size": b // m if engine == "bp-single-mb" else b,
+                "img_size": img,
                 "partition": "+".join(map(str, v["partition"] or pc.partition or [])) if is_pipe else "",
                 "samples_per_s": sps,
                 "speedup_vs_bp": vs_bp,
@@ -375,179 +371,108 @@ def _report(pc, summ, extra, note, run_id, model) -> list[dict[str, Any]]:
                 "predicted_ms_per_stage": _fmt([p * 1e3 for p in pred], ".1f") if pred else "",
                 "measured_ms_per_stage": _fmt([c * 1e3 for c in v["compute_s"]], ".1f"),
                 "steps": pc.steps - pc.warmup_steps,
-                "repeats": extra["repeats"],
+                "repeats": cfg.repeats,
                 "note": note,
-                **env,
+                **{k: env[k] for k in ("device", "torch", "commit", "date") if k in env},
                 "run_id": run_id,
             }
         )
-    print(
+    log(
         f"({note}; busy = compute time / wall time per stage, for gpipe/1f1b process CPU time / wall; "
+        f"peak = zoo.runtime.PeakMemory over the training steps; "
         f"comm = payload transfer + waiting for sends, idle waiting excluded)"
     )
     if best:
-        print(f"best BP over torch.distributed.pipelining: {best} (×GPipe/1F1B is relative to it)")
-    if "deinforeg-pipe" in summ:
-        _explain(pc, summ, extra, model)
+        log(f"best BP over torch.distributed.pipelining: {best} (×GPipe/1F1B is relative to it)")
     return rows
 
 
-def _explain(pc, summ, extra, model) -> None:
+def _explain(cfg, pc, summ, model, b, img, log) -> None:
     """Where the speedup goes, the partitioner's prediction against the measurement, and the scaling model."""
     s = int(pc.stages)
-    pipe = summ["deinforeg-pipe"]
-    if pipe["predicted_s"]:
-        pred, meas = (
-            _fmt([p * 1e3 for p in pipe["predicted_s"]], ".1f"),
-            _fmt([c * 1e3 for c in pipe["compute_s"]], ".1f"),
+    bp = summ.get("bp-single")
+    t_bp = b / bp["samples_per_s"] if bp else None
+    pipes = {v["method"]: v for v in summ.values() if v["engine"] == "deinforeg-pipe"}
+    balance = None
+    for method, pipe in pipes.items():
+        if pipe["predicted_s"]:
+            pred = _fmt([p * 1e3 for p in pipe["predicted_s"]], ".1f")
+            meas = _fmt([c * 1e3 for c in pipe["compute_s"]], ".1f")
+            log(f"\n{method}: per-stage step time, predicted by the partitioner vs measured in the pipeline (ms): "
+                f"{pred} vs {meas}")  # fmt: skip
+        seq = summ.get(_label("deinforeg-single", method, None))
+        if bp is None or seq is None:
+            continue
+        t_seq, t_cycle = b / seq["samples_per_s"], b / pipe["samples_per_s"]
+        comp = pipe["compute_s"]
+        heads = t_bp / t_seq
+        bal = sum(comp) / max(comp)
+        balance = balance or bal
+        overlap = max(comp) / t_cycle
+        log(
+            f"\n{method}: where the speedup goes ({s} stages, ideal {s}.00×): measured {t_bp / t_cycle:.2f}× over BP"
+            f" = heads/local losses {heads:.2f} (BP step {t_bp * 1e3:.0f} ms vs {method} sequential "
+            f"{t_seq * 1e3:.0f} ms) × balance {bal:.2f} (stage compute {_fmt([c * 1e3 for c in comp], '.0f')} ms)"
+            f" × overlap {overlap:.2f} (step {t_cycle * 1e3:.0f} ms vs slowest stage {max(comp) * 1e3:.0f} ms: "
+            f"communication {_fmt([c * 1e3 for c in pipe['comm_s']], '.1f')} ms/step, waits, contention)"
         )
-        print(f"\nper-stage step time, predicted by the partitioner vs measured in the pipeline (ms): {pred} vs {meas}")
-    bp, seq = summ.get("bp-single"), summ.get("deinforeg-single")
-    if bp is None or seq is None:
+    if bp is None:
         return
-    t_bp, t_seq = pc.batch_size / bp["samples_per_s"], pc.batch_size / seq["samples_per_s"]
-    t_cycle = pc.batch_size / pipe["samples_per_s"]
-    comp = pipe["compute_s"]
-    heads = t_bp / t_seq
-    balance = sum(comp) / max(comp)
-    overlap = max(comp) / t_cycle
-    print(
-        f"\nwhere the speedup goes ({s} stages, ideal {s}.00×): measured {t_bp / t_cycle:.2f}× over BP = "
-        f"heads/local losses {heads:.2f} (BP step {t_bp * 1e3:.0f} ms vs DeInfoReg sequential {t_seq * 1e3:.0f} ms)"
-        f" × balance {balance:.2f} (stage compute {_fmt([c * 1e3 for c in comp], '.0f')} ms)"
-        f" × overlap {overlap:.2f} (step {t_cycle * 1e3:.0f} ms vs slowest stage {max(comp) * 1e3:.0f} ms: "
-        f"communication {_fmt([c * 1e3 for c in pipe['comm_s']], '.1f')} ms/step, waits, contention)"
-    )
-    for m in extra["micro_batches"]:
+    for m in sorted(set(cfg.micro_batches)):
         alone = summ.get(f"bp-single-mb M={m}")
         mb_eff = alone["samples_per_s"] / bp["samples_per_s"] if alone else 1.0
         if alone:
-            print(
-                f"micro-batching alone (M={m}): one device trains {pc.batch_size // m}-sample batches at "
-                f"{mb_eff:.2f}× the samples/s of {pc.batch_size}-sample batches"
+            log(
+                f"micro-batching alone (M={m}): one device trains {b // m}-sample batches at "
+                f"{mb_eff:.2f}× the samples/s of {b}-sample batches"
             )
         for e in PIPELINING:
             v = summ.get(f"{e} M={m}")
-            if v is None:
+            if v is None or balance is None:
                 continue
-            t_e = pc.batch_size / v["samples_per_s"]
+            t_e = b / v["samples_per_s"]
             expect = gpipe_bound(balance, s, m) * mb_eff
-            print(
+            log(
                 f"{e} M={m}: {t_bp / t_e:.2f}× BP (step {t_e * 1e3:.0f} ms); bubble M/(M+S-1) = {m}/{m + s - 1} × "
                 f"stage balance × micro-batch efficiency predict ~{expect:.2f}×; busy {_fmt(v['busy'], '.2f')} "
                 f"(the stages also send activations forward and gradients back)"
             )
-    profile = pipe["profile"]
-    if not profile:
+    profiled = [(method, p) for method, p in pipes.items() if p["profile"]]
+    if not profiled:
         return
+    method, pipe = profiled[0]  # the pipeline that profiled the blocks (the others ran on its partition)
+    profile = pipe["profile"]
     # a link's time: the receiver moving the payload once its header arrived (localhost gloo here)
     link_s = [t for t in pipe["recv_s"][1:] if t > 0]
-    link_b = [b for b, t in zip(pipe["bytes_recv"][1:], pipe["recv_s"][1:], strict=True) if t > 0]
-    measured_bw = max(b / t for b, t in zip(link_b, link_s, strict=True)) if link_s else None
+    link_b = [b_ for b_, t in zip(pipe["bytes_recv"][1:], pipe["recv_s"][1:], strict=True) if t > 0]
+    measured_bw = max(b_ / t for b_, t in zip(link_b, link_s, strict=True)) if link_s else None
     links = {"measured link" + (f" ({measured_bw * 8 / 1e9:.1f} Gbit/s)" if measured_bw else ""): measured_bw}
-    for g in extra["bandwidths_gbps"]:
+    for g in cfg.bandwidth_gbps:
         links[f"{g:g} Gbit/s"] = g * 1e9 / 8
     counts = sorted({1, 2, 4, 8, s})
     lines: dict[str, list[tuple[int, float]]] = {}
-    print(
-        f"\nscaling model (DeInfoReg pipeline speedup over single-device BP, from per-block compute "
+    log(
+        f"\nscaling model ({method} pipeline speedup over single-device BP, from per-block compute "
         f"{_fmt([p['seconds'] * 1e3 for p in profile], '.0f')} ms and link times; a block cut in two when S > "
         f"{len(profile)}, each half paying a full local head; 50 µs latency per message):"
     )
-    print(f"{'link':28s} " + " ".join(f"S={n:<5d}" for n in counts))
+    log(f"{'link':28s} " + " ".join(f"S={n:<5d}" for n in counts))
+    heads = [p.get("head_seconds", 0.0) for p in profile]
     for name, bw in links.items():
-        heads = [p.get("head_seconds", 0.0) for p in profile]
         preds = [scaling_model(profile, t_bp, n, bw, 50e-6 if bw else 0.0, heads)["speedup"] for n in counts]
-        lines[f"DeInfoReg model, {name}"] = list(zip(counts, preds, strict=True))
-        print(f"{name:28s} " + " ".join(f"{p:<7.2f}" for p in preds))
-    for m in extra["micro_batches"]:
+        lines[f"{method} model, {name}"] = list(zip(counts, preds, strict=True))
+        log(f"{name:28s} " + " ".join(f"{p:<7.2f}" for p in preds))
+    for m in sorted(set(cfg.micro_batches)):
         lines[f"GPipe bubble bound (M={m})"] = [(n, gpipe_bound(n, n, m)) for n in counts]
     measured = {
         k: v["samples_per_s"] / bp["samples_per_s"]
         for k, v in summ.items()
         if v["engine"] in ("deinforeg-pipe", *PIPELINING)
     }
-    print("measured at S=" + str(s) + ": " + ", ".join(f"{e} {v:.2f}×" for e, v in measured.items()))
-    if extra["plot"]:
-        path = Path(extra["leaderboard_dir"]) / f"throughput_pipeline_{pc.task}_{pc.data}_{model}.png"
+    log(f"measured at S={s}: " + ", ".join(f"{e} {v:.2f}×" for e, v in measured.items()))
+    if cfg.plot:
+        path = Path(cfg.leaderboard_dir) / f"throughput_pipeline_{cfg.task}_{cfg.dataset}_{model}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        title = (
-            f"{model} {pc.task} {pc.img_size}px batch {pc.batch_size}: pipeline speedup over 1-device BP ({pc.device})"
-        )
+        title = f"{model} {cfg.task} {img}px batch {b}: pipeline speedup over 1-device BP ({pc.device})"
         _plot(path, title, lines, measured, s)
-        print(f"plot → {path}")
-
-
-# -- CLI ------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.pipeline",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a = p.add_argument
-    a(
-        "--model",
-        default="resnet18",
-        help="zoo model name (timm classifier, paper model, or SMP encoder with --task seg)",
-    )
-    a("--task", default="cls", choices=("cls", "seg"))
-    a("--arch", default=None, help="SMP architecture for --task seg (default unet)")
-    a("--method", default="deinforeg", help="local method of the decoupled pipeline")
-    a("--dataset", default="auto", help="digits | shapes | synthetic (auto: digits for cls, shapes for seg)")
-    a("--img-size", type=int, default=None)
-    a("--batch-size", type=int, default=None, help="default 64 for cls, 16 for seg")
-    a("--num-blocks", type=int, default=None)
-    a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
-    a("--stages", type=int, default=2)
-    a(
-        "--micro-batches",
-        default=",".join(map(str, DEFAULT_MICRO_BATCHES)),
-        help="micro-batches per batch for gpipe / 1f1b; a list measures each and compares with the best",
-    )
-    a("--steps", type=int, default=30)
-    a("--warmup", type=int, default=5)
-    a("--repeats", type=int, default=1, help="measure every engine this many times (interleaved); report medians")
-    a("--engines", default=",".join(ENGINE_ORDER))
-    a("--optimizer", default="adamw", choices=("sgd", "adamw", "lars"), help="optimizer of every engine")
-    a("--lr", type=float, default=2e-3)
-    a("--bandwidth-gbps", default="0.1,1,10", help="interconnects for the scaling model (Gbit/s)")
-    a("--device", default="cpu")
-    a("--no-pin", dest="pin_cpu", action="store_false", help="CPU: let the OS move stage processes between cores")
-    a("--seeds", default="0")
-    a("--leaderboard-dir", default="leaderboards")
-    a("--no-write", dest="write", action="store_false", help="print only; append no rows")
-    a("--no-plot", dest="plot", action="store_false")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    try:
-        ns.model_kwargs = parse_kwargs(ns.model_kwargs)
-        ns.micro_batches = micro_batch_counts(ns.micro_batches)
-    except ConfigError as e:
-        parser.error(str(e))
-    try:
-        ns.seeds = [int(v) for v in str(ns.seeds).split(",")]
-    except ValueError:
-        parser.error(f"--seeds must be integers, got {ns.seeds!r}")
-    from zoo.pipeline import LaunchError, PipelineError
-
-    try:
-        run(ns)
-    except LaunchError as e:
-        print(f"python -m benchmarks.pipeline: error: {e}", file=sys.stderr)
-        return 2
-    except PipelineError as e:
-        print(f"python -m benchmarks.pipeline: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: no rows written", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log(f"plot → {path}")

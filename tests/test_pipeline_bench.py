@@ -1,57 +1,105 @@
-"""The pipeline throughput bench end to end at toy size: rows, ratios, the best pipelining baseline, CLI errors."""
+"""The pipeline bench of the harness end to end at toy size: rows, ratios, the best pipelining baseline, one run of
+the decoupled engines per local method, user errors before anything runs."""
 
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
-from benchmarks.pipeline import main
+from benchmarks import pipeline
+from benchmarks.config import resolve
+from zoo.errors import UserError
+from zoo.runtime import environment
 
 pytestmark = pytest.mark.dist
 
-TINY = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--dataset", "synthetic", "--img-size", "16"]
-TINY += ["--batch-size", "8"]
+
+def _cfg(tmp_path, **kw):
+    values = dict(
+        bench="pipeline", model=["paper_vgg"], model_kwargs="width=0.125", img_size=16, batch_size=8, steps=4,
+        warmup=1, optimizer="sgd", lr=0.05, device="cpu", wandb="disabled", leaderboard_dir=str(tmp_path / "lb"),
+    )  # fmt: skip
+    return resolve(values | kw)
+
+
+def _run(cfg, tmp_path, capsys=None):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    rows = pipeline.run(cfg, run_dir, "test-run", environment("cpu"), print)
+    return rows, list(csv.DictReader((tmp_path / "lb" / "throughput_pipeline_cls_digits.csv").open()))
 
 
 def test_bench_writes_one_row_per_engine_and_micro_batch_count(tmp_path, capsys):
-    argv = [*TINY, "--steps", "4", "--warmup", "1", "--micro-batches", "2,4", "--optimizer", "sgd", "--lr", "0.05"]
-    assert main([*argv, "--leaderboard-dir", str(tmp_path)]) == 0
+    rows, written = _run(_cfg(tmp_path, micro_batches=[2, 4]), tmp_path)
     out = capsys.readouterr().out
-    rows = list(csv.DictReader((tmp_path / "throughput_pipeline_cls_synthetic.csv").open()))
-    got = sorted((r["engine"], r["micro_batches"], r["batch_size"]) for r in rows)
-    want = [("1f1b", "2", "8"), ("1f1b", "4", "8"), ("bp-single", "1", "8"), ("bp-single-mb", "1", "2")]
-    want += [("bp-single-mb", "1", "4"), ("deinforeg-pipe", "1", "8"), ("deinforeg-single", "1", "8")]
-    want += [("gpipe", "2", "8"), ("gpipe", "4", "8")]
+    got = sorted((r["engine"], r["method"], r["micro_batches"], r["batch_size"]) for r in written)
+    want = [("1f1b", "bp", "2", "8"), ("1f1b", "bp", "4", "8"), ("bp-single", "bp", "1", "8")]
+    want += [("bp-single-mb", "bp", "1", "2"), ("bp-single-mb", "bp", "1", "4")]
+    want += [("deinforeg-pipe", "deinforeg", "1", "8"), ("deinforeg-single", "deinforeg", "1", "8")]
+    want += [("gpipe", "bp", "2", "8"), ("gpipe", "bp", "4", "8")]
     assert got == sorted(want)
-    by = {(r["engine"], r["micro_batches"], r["batch_size"]): r for r in rows}
+    assert {r["run_id"] for r in written} == {"test-run"} and {r["dataset"] for r in written} == {"digits"}
+    by = {(r["engine"], r["micro_batches"], r["batch_size"]): r for r in written}
     assert float(by["bp-single", "1", "8"]["speedup_vs_bp"]) == pytest.approx(1.0)
     # ratios against the best GPipe / 1F1B row of the run: exactly one row is 1.0, none above
-    pipelining = [float(r["speedup_vs_pipelining_bp"]) for r in rows if r["engine"] in ("gpipe", "1f1b")]
+    pipelining = [float(r["speedup_vs_pipelining_bp"]) for r in written if r["engine"] in ("gpipe", "1f1b")]
     assert max(pipelining) == pytest.approx(1.0) and sum(v == pytest.approx(1.0) for v in pipelining) == 1
     # the DeInfoReg pipeline's profiled partition is the one GPipe / 1F1B run on
-    assert len({r["partition"] for r in rows if r["stages"] == "2"}) == 1
+    assert len({r["partition"] for r in written if r["stages"] == "2"}) == 1
+    assert all(float(v) >= 0 for r in written for v in r["peak_mem_mb_per_stage"].split("/"))
     assert "best BP over torch.distributed.pipelining:" in out and "scaling model" in out
-    assert "each process on its own core" in rows[0]["note"] and "optimizer sgd" in rows[0]["note"]
-    assert (tmp_path / "throughput_pipeline_cls_synthetic_paper_vgg.png").stat().st_size > 0
+    assert "each process on its own core" in written[0]["note"] and "optimizer sgd" in written[0]["note"]
+    assert (tmp_path / "lb" / "throughput_pipeline_cls_digits_paper_vgg.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run" / "rows.json").read_text())[0]["run_id"] == "test-run"
+    assert len(rows) == len(written)
+
+
+def test_the_decoupled_engines_train_the_local_method_asked_for(tmp_path):
+    """`--methods scpl` trains SCPL (it once silently trained DeInfoReg): the rows carry the method."""
+    cfg = _cfg(tmp_path, methods=["scpl"], engines=["bp-single", "deinforeg-single", "deinforeg-pipe"], plot=False)
+    _, written = _run(cfg, tmp_path)
+    assert sorted((r["engine"], r["method"]) for r in written) == [
+        ("bp-single", "bp"),
+        ("deinforeg-pipe", "scpl"),
+        ("deinforeg-single", "scpl"),
+    ]
+
+
+def test_each_local_method_runs_the_decoupled_engines_once(tmp_path, monkeypatch):
+    """Which engine receives which method (engines replaced by a recorder: no processes)."""
+    seen = []
+
+    def fake(engine, method, pc, builder, batches):
+        model = builder(method=method if engine != "bp-single" else "bp")
+        seen.append((engine, method, model.method, pc.micro_batches if engine in pipeline.MICRO_ENGINES else None))
+        stage = {k: 1.0 for k in ("samples_per_s", "busy", "peak_mem_mb", "compute_s_per_step", "comm_s_per_step")}
+        stage |= {k: 1.0 for k in ("bytes_sent_per_step", "bytes_received_per_step", "recv_transfer_s_per_step")}
+        stage["blocked_s_per_step"] = 0.0
+        return {"stages": [stage], "partition": [2, 2], "predicted_s": None, "profile": None}
+
+    monkeypatch.setattr(pipeline, "_run_engine", fake)
+    cfg = _cfg(tmp_path, methods=["bp", "deinforeg", "greedy", "scpl"], micro_batches=[2], plot=False)
+    _run(cfg, tmp_path)
+    local = [(e, m, built) for e, m, built, _ in seen if e.startswith("deinforeg")]
+    assert sorted(local) == sorted(
+        (e, m, m) for e in ("deinforeg-single", "deinforeg-pipe") for m in ("deinforeg", "greedy", "scpl")
+    )
+    assert seen[0][:2] == ("deinforeg-pipe", "deinforeg")  # the first pipeline decides the partition
+    assert sorted((e, m, mb) for e, m, _, mb in seen if m == "bp") == [
+        ("1f1b", "bp", 2), ("bp-single", "bp", None), ("bp-single-mb", "bp", 2), ("gpipe", "bp", 2),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "argv,needle",
+    "kw,needle",
     [
-        (["--micro-batches", "2,0"], "micro-batches must be positive"),
-        (["--seeds", "a"], "--seeds must be integers"),
-        (["--model-kwargs", "width"], "key=value"),
+        (dict(micro_batches=[2, 3]), "batch_size=8 is not divisible by micro_batches=3"),
+        (dict(methods=["bp"]), "give at least one of deinforeg, greedy, scpl in --methods"),
     ],
 )
-def test_bad_values_exit_2(argv, needle, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--leaderboard-dir", str(tmp_path)])
-    assert e.value.code == 2 and needle in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
-
-
-def test_micro_batches_that_do_not_divide_the_batch_stop_before_anything_runs(tmp_path, capsys):
-    assert main([*TINY, "--micro-batches", "2,3", "--leaderboard-dir", str(tmp_path)]) == 2
-    assert "batch_size=8 is not divisible by micro_batches=3" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
+def test_user_errors_stop_before_anything_runs(tmp_path, kw, needle):
+    with pytest.raises(UserError, match=needle):
+        _run(_cfg(tmp_path, **kw), tmp_path)
+    assert not (tmp_path / "lb").exists()

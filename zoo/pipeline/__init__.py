@@ -1,18 +1,34 @@
 """Multi-device pipeline training: one process per stage over torch.distributed, blocks that never wait for a
 backward from the next stage (DeInfoReg's decoupling), a profiling partitioner, and the BP baselines.
 
-    from zoo.pipeline import PipelineConfig, launch
-    result = launch(PipelineConfig(model="resnet18", stages=2))   # or under `torchrun --nproc-per-node 2`
+The pipeline takes objects, not names: a `builder(method=...)` that returns a fresh DecoupledModel (every stage
+process builds its own copy from the same seed) and a sequence of (x, y) batches, cycled for `cfg.steps` steps.
+
+    import functools, zoo
+    from zoo.pipeline import PipelineConfig, launch, synthetic_batches
+    builder = functools.partial(zoo.create_model, "resnet18", num_classes=10, img_size=32)
+    result = launch(PipelineConfig(stages=2), builder, synthetic_batches(64))  # or under `torchrun --nproc-per-node 2`
     result.model  # a plain DecoupledModel: evaluate it or save_checkpoint it like any single-process model
 """
 
 from ._comm import PeerFailure
-from .engine import ENGINES, PipelineConfig, build_model, data_pool, run_single
-from .launch import LaunchError, PipelineError, PipelineResult, check_config, in_torchrun, launch
+from .engine import ENGINES, Batches, Builder, PipelineConfig, build, run_single, synthetic_batches
+from .launch import (
+    LaunchError,
+    PipelineError,
+    PipelineResult,
+    check_batches,
+    check_config,
+    check_micro_batches,
+    in_torchrun,
+    launch,
+)
 from .partition import Partition, UnitProfile, balanced_split, partition_units, profile_units, stage_slices
 
 __all__ = [
     "ENGINES",
+    "Batches",
+    "Builder",
     "LaunchError",
     "Partition",
     "PeerFailure",
@@ -21,13 +37,15 @@ __all__ = [
     "PipelineResult",
     "UnitProfile",
     "balanced_split",
-    "build_model",
+    "build",
+    "check_batches",
     "check_config",
-    "data_pool",
+    "check_micro_batches",
     "in_torchrun",
     "launch",
     "partition_units",
     "profile_units",
     "run_single",
     "stage_slices",
+    "synthetic_batches",
 ]

@@ -1,42 +1,52 @@
 """`python -m zoo.pipeline`: train a decoupled model pipelined over S processes (or BP with GPipe / 1F1B).
 
     python -m zoo.pipeline --model resnet18 --stages 2 --steps 100 --checkpoint runs/resnet18_pipe
+    python -m zoo.pipeline --model resnet18 --batches mypkg.data:train_batches     # your data: f(batch_size, seed)
     torchrun --nproc-per-node 2 -m zoo.pipeline --model resnet18 --steps 100      # one or many machines
 
+The model is built with zoo.create_model; the data is random tensors (`--batches synthetic`) or the (x, y) batches a
+function of yours returns (`--batches module:function`, called as function(batch_size=..., seed=...)), cycled.
 Exit codes: 0 done, 1 a stage failed (the message names it), 2 a wrong launch, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from .._factory import parse_model_kwargs
+from .._factory import create_model, parse_model_kwargs
+from ..errors import UserError
+from ..tasks import TASKS
 from ..train import OPTIMIZERS, TrainConfig
-from .engine import ENGINES, PipelineConfig
-from .launch import LaunchError, PipelineError, in_torchrun, launch
+from .engine import ENGINES, Batches, Builder, PipelineConfig, synthetic_batches
+from .launch import PipelineError, in_torchrun, launch
+
+PROG = "python -m zoo.pipeline"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m zoo.pipeline",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     a = p.add_argument
-    a("--model", default="resnet18")
-    a("--task", default="cls", choices=("cls", "seg"))
-    a("--arch", default=None, help="SMP architecture for --task seg")
+    a("--model", default="resnet18", help="zoo.create_model name (timm classifier, paper model, SMP encoder)")
+    a("--task", default="cls", choices=TASKS)
+    a("--arch", default=None, help="SMP architecture for --task seg (default unet)")
+    a("--num-classes", type=int, default=10)
+    a("--img-size", type=int, default=None, help="default 32 for cls, 64 for seg")
+    a("--num-blocks", type=int, default=None)
+    a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
     a("--method", default="deinforeg", help="local method (deinforeg, greedy, scpl)")
     a("--engine", default="deinforeg", choices=ENGINES, help="deinforeg: decoupled schedule; gpipe/1f1b: BP")
     a("--stages", type=int, default=None, help="stage processes to spawn (default 2; under torchrun: its world size)")
     a("--partition", default=None, help="blocks per stage, e.g. 3,1 (default: profile and balance)")
-    a("--num-blocks", type=int, default=None)
-    a("--dataset", default="auto", help="digits | shapes | synthetic")
-    a("--img-size", type=int, default=None)
+    a("--batches", default="synthetic", help="synthetic | module:function returning a list of (x, y)")
     a("--batch-size", type=int, default=64)
+    a("--num-batches", type=int, default=8, help="synthetic: batches generated (and cycled)")
     a("--steps", type=int, default=20)
     a("--warmup", type=int, default=3)
     a("--micro-batches", type=int, default=4, help="gpipe / 1f1b only")
@@ -47,58 +57,80 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="cpu")
     a("--threads", type=int, default=1, help="torch threads per stage process")
     a("--timeout", type=float, default=120.0, help="longest wait for one message (s)")
-    a("--port", type=int, default=None, help="rendezvous port for --stages mode (default: a free one)")
+    a("--port", type=int, default=None, help="rendezvous port when spawning stages (default: a free one)")
     a("--checkpoint", default=None, help="save the trained model to this folder (zoo.checkpoints format)")
-    a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
     a("--fault", default=None, help=argparse.SUPPRESS)  # testing: STAGE:STEP:raise|kill|hang
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    try:
-        model_kwargs = parse_model_kwargs(ns.model_kwargs)
-    except ValueError as e:
-        parser.error(str(e))
-    stages = ns.stages if ns.stages is not None or in_torchrun() else 2
-    cfg = PipelineConfig(
-        model=ns.model,
-        task=ns.task,
-        arch=ns.arch,
-        method=ns.method,
-        engine=ns.engine,
-        num_blocks=ns.num_blocks,
-        img_size=ns.img_size,
-        model_kwargs=model_kwargs,
-        data=ns.dataset,
-        batch_size=ns.batch_size,
-        steps=ns.steps,
-        warmup_steps=ns.warmup,
-        micro_batches=ns.micro_batches,
-        max_in_flight=ns.max_in_flight,
-        stages=stages,
-        partition=[int(v) for v in ns.partition.split(",")] if ns.partition else None,
-        seed=ns.seed,
-        train=TrainConfig(optimizer=ns.optimizer, lr=ns.lr),
-        device=ns.device,
-        threads=ns.threads,
-        timeout_s=ns.timeout,
-        port=ns.port,
-        checkpoint=ns.checkpoint,
-        fault=ns.fault,
+def model_builder(ns: argparse.Namespace) -> Builder:
+    """A picklable builder(method=...) for the model the flags name."""
+    kw = parse_model_kwargs(ns.model_kwargs)
+    kw.setdefault("img_size", ns.img_size)
+    return functools.partial(
+        create_model, ns.model, task=ns.task, num_classes=ns.num_classes, num_blocks=ns.num_blocks, arch=ns.arch, **kw
     )
+
+
+def load_batches(ns: argparse.Namespace) -> Batches:
+    """`--batches synthetic` or `--batches module:function`."""
+    if ns.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {ns.batch_size}")
+    if ns.batches == "synthetic":
+        return synthetic_batches(ns.batch_size, ns.num_batches, ns.img_size, ns.num_classes, ns.task, ns.seed)
+    mod, colon, fn = ns.batches.partition(":")
+    if not colon or not mod or not fn:
+        raise UserError(f"--batches {ns.batches!r} is not valid; valid choices: synthetic, module:function")
     try:
-        result = launch(cfg)
-    except LaunchError as e:
+        func = getattr(importlib.import_module(mod), fn)
+    except ImportError as e:
+        raise UserError(f"--batches: cannot import {mod!r} ({e})") from None
+    except AttributeError:
+        raise UserError(f"--batches: module {mod!r} has no {fn!r}") from None
+    return list(func(batch_size=ns.batch_size, seed=ns.seed))
+
+
+def _partition(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--partition expects blocks per stage like 3,1, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    ns.img_size = ns.img_size or (32 if ns.task == "cls" else 64)
+    try:
+        cfg = PipelineConfig(
+            engine=ns.engine,
+            method=ns.method,
+            stages=ns.stages if ns.stages is not None or in_torchrun() else 2,
+            partition=_partition(ns.partition),
+            steps=ns.steps,
+            warmup_steps=ns.warmup,
+            micro_batches=ns.micro_batches,
+            max_in_flight=ns.max_in_flight,
+            seed=ns.seed,
+            train=TrainConfig(optimizer=ns.optimizer, lr=ns.lr),
+            device=ns.device,
+            threads=ns.threads,
+            timeout_s=ns.timeout,
+            port=ns.port,
+            checkpoint=ns.checkpoint,
+            fault=ns.fault,
+        )
+        result = launch(cfg, model_builder(ns), load_batches(ns))
+    except UserError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same error
-            print(f"python -m zoo.pipeline: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except PipelineError as e:
-        print(f"python -m zoo.pipeline: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("python -m zoo.pipeline: interrupted; every stage stopped, nothing written", file=sys.stderr)
+        print(f"{PROG}: interrupted; every stage stopped, nothing written", file=sys.stderr)
         return 130
     if result is not None:
         for st in result.stages:

@@ -5,7 +5,10 @@ sent with plain `isend` / `irecv` (gloo's `batch_isend_irecv` can hang on CPU, p
 polls `Work.is_completed()` in Python, so it honours a timeout, a failure reported by the watchdog, and Ctrl-C.
 
 The watchdog is a thread with its own connection to the rendezvous store: it beats a per-stage counter, watches the
-other stages' counters and the shared error list, and turns silence or a reported failure into `PeerFailure`.
+other stages' counters and the shared error list, and turns silence or a reported failure into `PeerFailure`. It also
+watches its own stage's progress during training (`mark`): a stage whose process is alive but that has not moved for
+`stall_after_s` (or 10× its slowest step, if longer) while not waiting for a message has stalled; one that has waited
+twice that long for a message names what it waits for. Either stops the whole run, naming what each stage was doing.
 """
 
 from __future__ import annotations
@@ -124,13 +127,36 @@ class Watchdog(threading.Thread):
         beat_s: float = 0.5,
         dead_after_s: float = 10.0,
         grace_s: float = 10.0,
+        stall_after_s: float = 15.0,
+        first_step_s: float = 120.0,
     ):
         super().__init__(name=f"stage{rank}-watchdog", daemon=True)
         self.host, self.port, self.prefix = host, port, prefix
         self.rank, self.world = rank, world
         self.beat_s, self.dead_after_s, self.grace_s = beat_s, dead_after_s, grace_s
+        self.stall_after_s, self.first_step_s = stall_after_s, first_step_s
         self.failure: str | None = None
         self._halt = threading.Event()
+        self._status: tuple[str, bool, float] | None = None  # (what the stage is doing, waiting?, since)
+        self._slowest_step = 0.0
+
+    # -- progress, from the stage's main thread ----------------------------------------------------------------------
+    def mark(self, what: str | None, waiting: bool = False) -> None:
+        """The stage now does `what` (None: stop watching progress, e.g. outside the training loop)."""
+        self._status = None if what is None else (what, waiting, time.monotonic())
+
+    @property
+    def status(self) -> str | None:
+        return self._status[0] if self._status is not None else None
+
+    def step_done(self, seconds: float) -> None:
+        self._slowest_step = max(self._slowest_step, seconds)
+
+    def stall_limit_s(self) -> float:
+        """No progress for this long is a stall: the first step may take up to `first_step_s` (nothing measured yet)."""
+        if self._slowest_step == 0.0:
+            return max(self.stall_after_s, self.first_step_s)
+        return max(self.stall_after_s, 10 * self._slowest_step)
 
     def stop(self) -> None:
         self._halt.set()
@@ -147,12 +173,22 @@ class Watchdog(threading.Thread):
             self._fail(f"stage {self.rank} cannot reach the coordination store at {self.host}:{self.port}: {e}")
             return
         seen = {r: (-1, time.monotonic()) for r in range(self.world) if r != self.rank}
+        published = None
         while not self._halt.wait(self.beat_s):
             try:
                 store.add(f"hb/{self.rank}", 1)
                 err = first_error(store)
                 if err is not None:
                     self._fail(err)
+                    return
+                status = self._status
+                if status is not None and status[0] != published:
+                    store.set(f"status/{self.rank}", status[0])
+                    published = status[0]
+                stalled = self._stalled(store, status)
+                if stalled is not None:
+                    report_error(store, stalled)
+                    self._fail(stalled, grace_s=2.0)  # the main thread is stuck by definition: do not wait long
                     return
                 now = time.monotonic()
                 for r, (last, since) in list(seen.items()):
@@ -175,9 +211,30 @@ class Watchdog(threading.Thread):
                 self._fail(f"lost the coordination store ({e}): the launcher or the stage hosting it died")
                 return
 
-    def _fail(self, message: str) -> None:
+    def _stalled(self, store: dist.Store, status: tuple[str, bool, float] | None) -> str | None:
+        """The error message if this stage has stalled, else None."""
+        if status is None:
+            return None
+        what, waiting, since = status
+        idle, limit = time.monotonic() - since, self.stall_limit_s()
+        if not waiting and idle > limit:
+            msg = (
+                f"stage {self.rank} stalled: no progress for over {limit:.0f} s while {what} "
+                f"(its process is alive and it was not waiting for any message)"
+            )
+        elif waiting and idle > 2 * limit:
+            msg = f"stage {self.rank} stalled: {what} for over {2 * limit:.0f} s"
+        else:
+            return None
+        others = []
+        for r in range(self.world):
+            if r != self.rank and store.check([f"status/{r}"]):
+                others.append(f"stage {r} was {store.get(f'status/{r}').decode(errors='replace')}")
+        return "; ".join([msg, *others])
+
+    def _fail(self, message: str, grace_s: float | None = None) -> None:
         self.failure = message
-        if self._halt.wait(self.grace_s):
+        if self._halt.wait(self.grace_s if grace_s is None else grace_s):
             return
         print(f"[stage {self.rank}] stopping: {message} (forced exit)", file=sys.stderr, flush=True)
         os._exit(1)
@@ -231,12 +288,19 @@ class Link:
         job = _Job(work)
         self._waiter.submit(job)
         t0 = time.monotonic()
+        wd = self.watchdog
+        before = wd.status if wd is not None else None
+        if before is not None:
+            doing = f"stage {peer} to receive a message" if what == "send completion" else f"{what} from stage {peer}"
+            wd.mark(f"waiting for {doing}", waiting=True)
         while not job.done.wait(0.05):
             wd = self.watchdog
             if wd is not None and wd.failure is not None:
                 raise PeerFailure(wd.failure)
             if time.monotonic() - t0 > self.timeout_s:
                 raise TimeoutError(f"stage {self.rank}: no {what} from/to stage {peer} within {self.timeout_s:.0f} s")
+        if before is not None:
+            wd.mark(before)  # back to what the stage was doing: the message moved, which is progress
         if job.error is not None:
             e = job.error
             detail = str(e).split(". This is typically")[0]

@@ -15,9 +15,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,116 +25,84 @@ import torch.nn as nn
 
 from ..decoupled import DecoupledModel, forward_block
 from ..heads import LOCAL_METHODS
+from ..runtime import PeakMemory
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
-from ._comm import DATA, Link
+from ._comm import DATA, Link, Watchdog
 from .partition import stage_slices
 
 __all__ = [
     "ENGINES",
+    "Batches",
+    "Builder",
     "PipelineConfig",
-    "build_model",
-    "data_pool",
+    "batch_size_of",
+    "build",
     "pin_cpu",
     "run_single",
     "stage_decoupled",
     "stage_bp",
+    "synthetic_batches",
 ]
 
 ENGINES = ("deinforeg", "gpipe", "1f1b")
+# builder(method=...) -> a fresh DecoupledModel; picklable (a module-level function or functools.partial of one), as
+# every stage process builds its own copy, e.g. functools.partial(zoo.create_model, "resnet18", num_classes=10)
+Builder = Callable[..., DecoupledModel]
+# (x, y) training batches, all of one batch size, cycled for `steps` steps
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class PipelineConfig:
-    """One pipelined (or single-process reference) training run."""
+    """How to run one pipelined (or single-process reference) training run; the model and data are given apart."""
 
-    model: str = "resnet18"  # zoo.create_model name (timm classifier / paper model, or SMP encoder for seg)
-    task: str = "cls"  # cls | seg
-    arch: str | None = None  # SMP architecture for seg (unet by default)
+    engine: str = "deinforeg"  # deinforeg (decoupled schedule, any local method) | gpipe | 1f1b (BP, pipelining)
     method: str = "deinforeg"  # local method of the decoupled engine (deinforeg | greedy | scpl)
-    engine: str = "deinforeg"  # deinforeg (decoupled schedule) | gpipe | 1f1b (BP via torch.distributed.pipelining)
-    num_classes: int | None = None  # default: the dataset's
-    num_blocks: int | None = None  # default: the model's natural count
-    img_size: int | None = None  # default: the dataset's
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments (e.g. width)
-    data: str = "auto"  # digits | shapes | synthetic; auto: digits for cls, shapes for seg
-    batch_size: int = 64
-    steps: int = 20  # optimizer steps per stage (one per batch)
-    warmup_steps: int = 3  # steps left out of the throughput window
-    pool_batches: int = 8  # batches preloaded into memory and cycled (data loading is not what we measure)
-    micro_batches: int = 4  # gpipe / 1f1b: micro-batches per batch
-    max_in_flight: int = 2  # decoupled engine: sends not yet completed before a stage waits
     stages: int | None = 2  # None: the launcher's world size
     partition: list[int] | None = None  # blocks per stage; None: profile and balance
-    profile_repeats: int = 3
-    seed: int = 0
+    steps: int = 20  # optimizer steps per stage (one per batch)
+    warmup_steps: int = 3  # steps left out of the throughput window
+    micro_batches: int = 4  # gpipe / 1f1b: micro-batches per batch
+    max_in_flight: int = 2  # decoupled engine: sends not yet completed before a stage waits
+    seed: int = 0  # seeded before every builder call, so every process builds the same initial weights
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "cpu"  # cpu | cuda (stage r uses cuda:LOCAL_RANK)
     threads: int = 1  # torch threads per stage process (one CPU stage process stands for one device)
     pin_cpu: bool = True  # CPU: give each local stage process its own cores (`threads` of them) when there are enough
     timeout_s: float = 120.0  # longest wait for any single message
     dead_after_s: float = 10.0  # a stage silent this long is declared dead
+    stall_after_s: float = 15.0  # a live stage making no training progress this long (or 10× its slowest step)
     host: str = "127.0.0.1"
-    port: int | None = None  # --stages mode: rendezvous port (None: a free one)
+    port: int | None = None  # spawn mode: rendezvous port (None: a free one)
     checkpoint: str | None = None  # write the trained model here (zoo.checkpoints format)
     fault: str | None = None  # testing: "STAGE:STEP:raise|kill|hang" injects a failure
     verbose: bool = True
-
-    def resolved(self) -> PipelineConfig:
-        """Fill dataset-dependent defaults."""
-        data = self.data if self.data != "auto" else ("digits" if self.task == "cls" else "shapes")
-        num_classes, img = self.num_classes, self.img_size
-        if data != "synthetic":
-            from datasets import get_dataset_info
-
-            info = get_dataset_info(data)
-            num_classes = num_classes or info.num_classes
-            img = img or (32 if data == "digits" else info.image_size)
-        return replace(
-            self, data=data, num_classes=num_classes or 10, img_size=img or (32 if self.task == "cls" else 64)
-        )
+    profile_repeats: int = 3  # timed repeats per block when profiling the partition
 
 
 # -- model and data ---------------------------------------------------------------------------------------------
-def build_model(cfg: PipelineConfig, method: str | None = None) -> DecoupledModel:
-    """The run's model, built from `cfg.seed` so every process gets the same initial weights."""
-    from .._factory import create_model
-
+def build(cfg: PipelineConfig, builder: Builder, method: str | None = None) -> DecoupledModel:
+    """A fresh model from `builder`, seeded with `cfg.seed` so every process gets the same initial weights."""
     seed_everything(cfg.seed)
-    kw = dict(cfg.model_kwargs)
-    kw.setdefault("img_size", cfg.img_size)
-    if cfg.task == "seg":
-        kw.setdefault("encoder_weights", None)
-    return create_model(
-        cfg.model,
-        task=cfg.task,
-        method=method or cfg.method,
-        num_classes=cfg.num_classes,
-        num_blocks=cfg.num_blocks,
-        arch=cfg.arch,
-        **kw,
-    )
+    return builder(method=method or cfg.method)
 
 
-def data_pool(cfg: PipelineConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`cfg.pool_batches` training batches, the same in every process for the same seed."""
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    n, b, s = cfg.pool_batches, cfg.batch_size, cfg.img_size
-    if cfg.data == "synthetic":
-        xs = [torch.randn(b, 3, s, s, generator=g) for _ in range(n)]
-        shape = (b,) if cfg.task == "cls" else (b, s, s)
-        return [(x, torch.randint(0, cfg.num_classes, shape, generator=g)) for x in xs]
-    from datasets import create_dataset, create_loader
-
-    ds = create_dataset(cfg.data, "train", image_size=cfg.img_size, seed=cfg.seed)
-    loader = create_loader(ds, b, shuffle=True, seed=cfg.seed, num_workers=0, drop_last=True)
-    pool = list(itertools.islice(itertools.cycle(loader), n))
-    if not pool:
-        raise ValueError(f"dataset {cfg.data!r} has fewer than batch_size={b} training samples")
-    return pool
+def batch_size_of(batches: Batches) -> int:
+    return int(batches[0][0].shape[0])
 
 
-def batches(cfg: PipelineConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    return itertools.islice(itertools.cycle(data_pool(cfg)), cfg.steps)
+def synthetic_batches(
+    batch_size: int, num_batches: int = 8, img_size: int = 32, num_classes: int = 10, task: str = "cls", seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random images and labels (per pixel for seg), the same in every process for the same seed."""
+    g = torch.Generator().manual_seed(seed + 1)
+    xs = [torch.randn(batch_size, 3, img_size, img_size, generator=g) for _ in range(num_batches)]
+    shape = (batch_size,) if task == "cls" else (batch_size, img_size, img_size)
+    return [(x, torch.randint(0, num_classes, shape, generator=g)) for x in xs]
+
+
+def _cycle(batches: Batches, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    return itertools.islice(itertools.cycle(batches), steps)
 
 
 def pin_cpu(cfg: PipelineConfig, local_rank: int, local_world: int) -> list[int] | None:
@@ -152,12 +119,6 @@ def pin_cpu(cfg: PipelineConfig, local_rank: int, local_world: int) -> list[int]
     return mine
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _fault(cfg: PipelineConfig, rank: int, step: int) -> None:
     if not cfg.fault:
         return
@@ -171,6 +132,11 @@ def _fault(cfg: PipelineConfig, rank: int, step: int) -> None:
     raise RuntimeError(f"injected fault at step {step}")
 
 
+def _mark(wd: Watchdog | None, what: str | None, waiting: bool = False) -> None:
+    if wd is not None:
+        wd.mark(what, waiting)
+
+
 def _window(ends: list[float], warmup: int) -> tuple[float, int]:
     """Seconds and steps of the steady-state window: from the end of step `warmup-1` to the end of the last."""
     w = min(max(warmup, 1), len(ends) - 1)
@@ -178,12 +144,14 @@ def _window(ends: list[float], warmup: int) -> tuple[float, int]:
 
 
 # -- decoupled schedule ------------------------------------------------------------------------------------------
-def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], link: Link) -> dict[str, Any]:
+def stage_decoupled(
+    cfg: PipelineConfig, builder: Builder, batches: Batches, rank: int, world: int, sizes: list[int], link: Link
+) -> dict[str, Any]:
     """Train this stage's blocks with the decoupled schedule; returns its statistics and final state."""
     if cfg.method not in LOCAL_METHODS:
         raise ValueError(f"the decoupled engine needs a local method ({', '.join(LOCAL_METHODS)}), got {cfg.method!r}")
     device = link.device
-    model = build_model(cfg)
+    model = build(cfg, builder)
     optims, scheds = build_optimizers(model, replace(cfg.train, per_block=True), cfg.steps)
     mine = stage_slices(sizes)[rank]
     blocks = [model.blocks[k].to(device).train() for k in mine]
@@ -191,12 +159,15 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
     groups = [model.param_groups()[k] for k in mine]
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
     method = model.method
-    rng_seed = torch.initial_seed()  # build_model seeded cfg.seed: the same base as a single-process Trainer's
+    rng_seed = torch.initial_seed()  # build() seeded cfg.seed: the same base as a single-process Trainer's
     del model, optims, scheds  # keep only this stage's blocks
     first, last = rank == 0, rank == world - 1
-    source = batches(cfg) if first else None
+    source = _cycle(batches, cfg.steps) if first else None
+    mem = PeakMemory(device).start()
+    wd = link.watchdog
     compute, ends = [], []
     for t in range(cfg.steps):
+        _mark(wd, f"computing step {t}")
         _fault(cfg, rank, t)
         if first:
             x, y = next(source)
@@ -218,6 +189,8 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute.append(time.perf_counter() - t0)
+        if wd is not None:
+            wd.step_done(compute[-1])
         if not last:
             out = feats if skips_out else feats[-1:]
             link.send(rank + 1, DATA, t, [f.detach() for f in out] + [y])
@@ -225,7 +198,9 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
     # The window ends when the last send is issued, as it starts: in steady state a stage is always up to
     # `max_in_flight` sends ahead of its successor, so timing the final flush would charge it that many extra steps.
     link.flush()
-    return _stage_stats(cfg, rank, world, "deinforeg", compute, ends, link, device) | {
+    _mark(wd, None)  # gathering the final state is not a training step
+    stats = _stage_stats(cfg, rank, "deinforeg", batch_size_of(batches), compute, ends, link, mem)
+    return stats | {
         "blocks": list(mine),
         "state": {k: b.state_dict() for k, b in zip(mine, blocks)},
         "optimizers": {k: o.state_dict() for k, o in zip(mine, opts)},
@@ -233,7 +208,7 @@ def stage_decoupled(cfg: PipelineConfig, rank: int, world: int, sizes: list[int]
     }
 
 
-def _stage_stats(cfg, rank, world, engine, compute, ends, link, device) -> dict[str, Any]:
+def _stage_stats(cfg, rank, engine, batch_size, compute, ends, link, mem: PeakMemory) -> dict[str, Any]:
     wall, n = _window(ends, cfg.warmup_steps)
     w = len(ends) - n
     busy = sum(compute[w:])
@@ -243,7 +218,7 @@ def _stage_stats(cfg, rank, world, engine, compute, ends, link, device) -> dict[
         "engine": engine,
         "window_s": wall,
         "window_steps": n,
-        "samples_per_s": n * cfg.batch_size / wall if wall > 0 else float("nan"),
+        "samples_per_s": n * batch_size / wall if wall > 0 else float("nan"),
         "compute_s_per_step": busy / n,
         "busy": busy / wall if wall > 0 else float("nan"),
         "idle_s_per_step": sum(a for a, _ in log) / n if log else 0.0,
@@ -253,7 +228,7 @@ def _stage_stats(cfg, rank, world, engine, compute, ends, link, device) -> dict[
         "bytes_received_per_step": (link.stats.bytes_received / len(ends)) if link is not None else 0,
         "bytes_sent": link.stats.bytes_sent if link is not None else 0,
         "bytes_sent_per_step": (link.stats.bytes_sent / len(ends)) if link is not None else 0,
-        "peak_mem_mb": peak_memory_mb(device),
+        "peak_mem_mb": mem.peak_mb(),  # zoo.runtime.PeakMemory: the same measure as every bench
         "steps": len(ends),
     }
 
@@ -298,11 +273,20 @@ class _Params:
         return [self._params]
 
 
-def stage_bp(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], device: torch.device) -> dict[str, Any]:
+def stage_bp(
+    cfg: PipelineConfig,
+    builder: Builder,
+    batches: Batches,
+    rank: int,
+    world: int,
+    sizes: list[int],
+    device: torch.device,
+    watchdog: Watchdog | None = None,
+) -> dict[str, Any]:
     """Train this stage's BP blocks with ScheduleGPipe / Schedule1F1B over the same partition."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    model = build_model(cfg, "bp")
+    model = build(cfg, builder, "bp")
     mine = stage_slices(sizes)[rank]
     first, last = rank == 0, rank == world - 1
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
@@ -323,11 +307,15 @@ def stage_bp(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], devic
     # every stage needs the loss_fn (only the last calls it): without one a schedule runs forward only
     schedule = kind(stage, n_microbatches=cfg.micro_batches, loss_fn=loss_fn)
     compute, ends = [], []
-    for t, (x, y) in enumerate(batches(cfg)):
+    mem = PeakMemory(device).start()
+    for t, (x, y) in enumerate(_cycle(batches, cfg.steps)):
+        _mark(watchdog, f"starting step {t}")
         _fault(cfg, rank, t)
-        c0 = time.process_time()
+        # inside the schedule computing and waiting for neighbours look the same from here: counted as waiting
+        _mark(watchdog, f"in step {t} of the {cfg.engine} schedule (torch.distributed.pipelining)", waiting=True)
+        c0, w0 = time.process_time(), time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        if first and cfg.task == "seg" and skips_out:
+        if first and skips_out:
             x = x.requires_grad_(True)  # x travels on as a skip feature; pipelining sends gradients for every output
         if first:
             schedule.step(x.to(device))
@@ -340,7 +328,10 @@ def stage_bp(cfg: PipelineConfig, rank: int, world: int, sizes: list[int], devic
         # one thread per stage: process CPU time is the busy time (gloo's transport threads add a little)
         compute.append(time.process_time() - c0)
         ends.append(time.perf_counter())
-    stats = _stage_stats(cfg, rank, world, cfg.engine, compute, ends, None, device)
+        if watchdog is not None:
+            watchdog.step_done(ends[-1] - w0)
+    _mark(watchdog, None)
+    stats = _stage_stats(cfg, rank, cfg.engine, batch_size_of(batches), compute, ends, None, mem)
     per_step = 2 * sent[0] * cfg.micro_batches  # activations forward, the same bytes of gradients back
     stats.update(bytes_sent=per_step * len(ends), bytes_sent_per_step=per_step, comm_s_per_step=float("nan"))
     return stats
@@ -352,22 +343,23 @@ def _out_bytes(o) -> int:
 
 
 # -- single-process references -----------------------------------------------------------------------------------
-def run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
-    """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks); returns speed and model.
+def run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method: str) -> dict[str, Any]:
+    """Train in this process with zoo.train.Trainer (BP or sequential decoupled blocks) on the same model and
+    batches as the pipeline; returns its statistics ("stats"), the trained "model" and the "trainer".
 
     Runs as one device (`cfg.threads` threads, pinned on CPU); the caller's thread count and cores are restored.
     """
-    cfg = cfg.resolved()
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     threads = torch.get_num_threads()
     pin_cpu(cfg, 0, 1)
     torch.set_num_threads(cfg.threads)
     try:
         device = torch.device(cfg.device)
-        model = build_model(cfg, method)
+        model = build(cfg, builder, method)
         trainer = Trainer(model, cfg.train, cfg.steps, device)
         ends, compute = [], []
-        for x, y in batches(cfg):
+        mem = PeakMemory(device).start()
+        for x, y in _cycle(batches, cfg.steps):
             t0 = time.perf_counter()
             trainer.train_step(x, y)
             if device.type == "cuda":
@@ -378,7 +370,7 @@ def run_single(cfg: PipelineConfig, method: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
         if cores is not None:
             os.sched_setaffinity(0, cores)
-    stats = _stage_stats(cfg, 0, 1, f"{method}-single", compute, ends, None, device)
+    stats = _stage_stats(cfg, 0, f"{method}-single", batch_size_of(batches), compute, ends, None, mem)
     stats.update(comm_s_per_step=0.0)
     return {"stats": stats, "model": model, "trainer": trainer}
 

@@ -29,8 +29,22 @@ import torch
 import torch.distributed as dist
 
 from ..decoupled import DecoupledModel
+from ..errors import UserError
+from ..heads import LOCAL_METHODS
 from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
-from .engine import ENGINES, PipelineConfig, build_model, data_pool, pack, pin_cpu, stage_bp, stage_decoupled, unpack
+from .engine import (
+    ENGINES,
+    Batches,
+    Builder,
+    PipelineConfig,
+    batch_size_of,
+    build,
+    pack,
+    pin_cpu,
+    stage_bp,
+    stage_decoupled,
+    unpack,
+)
 from .partition import Partition, partition_units, profile_units
 
 __all__ = [
@@ -40,6 +54,7 @@ __all__ = [
     "launch",
     "in_torchrun",
     "check_config",
+    "check_batches",
     "check_micro_batches",
 ]
 
@@ -48,8 +63,8 @@ class PipelineError(RuntimeError):
     """A stage failed; the message names the stage and the cause."""
 
 
-class LaunchError(ValueError):
-    """The launch itself is wrong (stages vs blocks, world size, port)."""
+class LaunchError(UserError):
+    """The launch itself is wrong (stages vs blocks, world size, port, batches, micro-batches)."""
 
 
 @dataclass
@@ -73,10 +88,20 @@ def in_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def check_config(cfg: PipelineConfig, world: int | None = None, model: DecoupledModel | None = None) -> None:
+def check_config(
+    cfg: PipelineConfig,
+    world: int | None = None,
+    model: DecoupledModel | None = None,
+    batch_size: int | None = None,
+) -> None:
     """One clear error per wrong launch."""
     if cfg.engine not in ENGINES:
         raise LaunchError(f"unknown engine {cfg.engine!r}; valid choices: {', '.join(ENGINES)}")
+    if cfg.engine == "deinforeg" and cfg.method not in LOCAL_METHODS:
+        raise LaunchError(
+            f"the decoupled engine trains a local method; valid choices: {', '.join(LOCAL_METHODS)} "
+            f"(got {cfg.method!r}; BP runs with engine gpipe or 1f1b)"
+        )
     if world is not None and cfg.stages is not None and cfg.stages != world:
         raise LaunchError(
             f"--stages {cfg.stages} does not match the world size {world} torchrun started; "
@@ -91,7 +116,7 @@ def check_config(cfg: PipelineConfig, world: int | None = None, model: Decoupled
         n = model.num_blocks
         if stages > n:
             raise LaunchError(
-                f"{stages} stages need at least {stages} blocks, but {cfg.model} has {n}; use at most {n} stages "
+                f"{stages} stages need at least {stages} blocks, but the model has {n}; use at most {n} stages "
                 f"(or build it with more blocks, --num-blocks)"
             )
         if cfg.partition is not None and (
@@ -100,8 +125,22 @@ def check_config(cfg: PipelineConfig, world: int | None = None, model: Decoupled
             raise LaunchError(
                 f"partition {cfg.partition} must give {stages} stages at least one block each, {n} in all"
             )
-    if cfg.engine != "deinforeg":
-        check_micro_batches(cfg.batch_size, cfg.micro_batches)
+    if cfg.engine != "deinforeg" and batch_size is not None:
+        check_micro_batches(batch_size, cfg.micro_batches)
+
+
+def check_batches(batches: Batches) -> int:
+    """The batch size of a non-empty sequence of (x, y) tensor pairs of one batch size (a LaunchError if not)."""
+    try:
+        sizes = {(int(x.shape[0]), int(y.shape[0])) for x, y in batches}
+    except (TypeError, ValueError, AttributeError, IndexError):
+        raise LaunchError("batches must be a sequence of (x, y) tensor pairs") from None
+    if not sizes:
+        raise LaunchError("batches is empty: give at least one (x, y) pair")
+    if len(sizes) > 1 or len({b for pair in sizes for b in pair}) > 1:
+        found = sorted({b for pair in sizes for b in pair})
+        raise LaunchError(f"every batch (inputs and labels) must have one batch size, found {found}")
+    return batch_size_of(batches)
 
 
 def check_micro_batches(batch_size: int, micro_batches: int) -> None:
@@ -145,7 +184,9 @@ def _log(cfg: PipelineConfig, rank: int, msg: str) -> None:
 
 
 # -- one stage ---------------------------------------------------------------------------------------------------
-def _decide_partition(cfg: PipelineConfig, store: dist.Store, rank: int, world: int, wd: Watchdog) -> dict:
+def _decide_partition(
+    cfg: PipelineConfig, builder: Builder, batches: Batches, store: dist.Store, rank: int, world: int, wd: Watchdog
+) -> dict:
     if rank != 0:
         t0 = time.monotonic()
         while not store.check(["partition"]):
@@ -155,12 +196,12 @@ def _decide_partition(cfg: PipelineConfig, store: dist.Store, rank: int, world: 
                 raise TimeoutError(f"stage {rank}: stage 0 published no partition within {cfg.timeout_s * 3:.0f} s")
             time.sleep(0.05)
         return json.loads(store.get("partition"))
-    model = build_model(cfg)
+    model = build(cfg, builder)
     check_config(cfg, None, model)
     if cfg.partition is not None:
         info = {"sizes": list(cfg.partition), "predicted_s": None, "profile": None}
     else:
-        x, y = data_pool(replace(cfg, pool_batches=1))[0]
+        x, y = batches[0]
         dev = _device(cfg)
         profiles = profile_units(model.to(dev), x.to(dev), y.to(dev), cfg.train, repeats=cfg.profile_repeats)
         part: Partition = partition_units(profiles, world)
@@ -178,6 +219,8 @@ def _device(cfg: PipelineConfig) -> torch.device:
 
 def _stage_main(
     cfg: PipelineConfig,
+    builder: Builder,
+    batches: Batches,
     rank: int,
     world: int,
     host: str,
@@ -201,23 +244,32 @@ def _stage_main(
         world_size=world,
         timeout=datetime.timedelta(seconds=cfg.timeout_s),
     )
-    wd = Watchdog(host, port, prefix, rank, world, dead_after_s=cfg.dead_after_s)
+    wd = Watchdog(
+        host,
+        port,
+        prefix,
+        rank,
+        world,
+        dead_after_s=cfg.dead_after_s,
+        stall_after_s=cfg.stall_after_s,
+        first_step_s=cfg.timeout_s,
+    )
     wd.start()
     try:
-        info = _decide_partition(cfg, store, rank, world, wd)
+        info = _decide_partition(cfg, builder, batches, store, rank, world, wd)
         sizes = info["sizes"]
         link = Link(rank, wd, device, cfg.timeout_s, cfg.max_in_flight)
         if cfg.engine == "deinforeg":
-            out = stage_decoupled(cfg, rank, world, sizes, link)
+            out = stage_decoupled(cfg, builder, batches, rank, world, sizes, link)
         else:
-            out = stage_bp(cfg, rank, world, sizes, device)
+            out = stage_bp(cfg, builder, batches, rank, world, sizes, device, wd)
         _log(cfg, rank, f"done: {out['compute_s_per_step'] * 1e3:.1f} ms compute/step, busy {out['busy']:.0%}")
         if rank != 0:
             link.send_blob(0, pack(out))
             store.set(f"done/{rank}", "1")
             return None
         outs = [out] + [unpack(link.recv_blob(r)) for r in range(1, world)]
-        result = _assemble(cfg, outs, info)
+        result = _assemble(cfg, builder, outs, info)
         if result_path:
             tmp = f"{result_path}.tmp"
             state = {"stages": result.stages, "info": info, "model": result.model.state_dict()}
@@ -233,8 +285,8 @@ def _stage_main(
         wd.stop()
 
 
-def _assemble(cfg: PipelineConfig, outs: list[dict[str, Any]], info: dict) -> PipelineResult:
-    model = build_model(cfg, "bp" if cfg.engine != "deinforeg" else None)
+def _assemble(cfg: PipelineConfig, builder: Builder, outs: list[dict[str, Any]], info: dict) -> PipelineResult:
+    model = build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None)
     opt_states, sched_states = {}, {}
     for o in outs:
         for k, sd in o.pop("state", {}).items():
@@ -247,7 +299,7 @@ def _assemble(cfg: PipelineConfig, outs: list[dict[str, Any]], info: dict) -> Pi
         "schedulers": [sched_states[k] for k in range(n)] if len(sched_states) == n else [],
         "step": cfg.steps,
         "epoch": 0,
-        "rng_seed": cfg.seed,  # the per-block RNG streams' base (build_model seeds cfg.seed in every stage)
+        "rng_seed": cfg.seed,  # the per-block RNG streams' base (build() seeds cfg.seed in every stage)
         "rng": {},
     }
     result = PipelineResult(model, outs, info["sizes"], info["predicted_s"], info["profile"], trainer_state, cfg)
@@ -259,19 +311,19 @@ def _assemble(cfg: PipelineConfig, outs: list[dict[str, Any]], info: dict) -> Pi
     return result
 
 
-def _run_stage_process(cfg, rank, world, host, port, prefix, result_path) -> None:
+def _run_stage_process(cfg, builder, batches, rank, world, host, port, prefix, result_path) -> None:
     """Entry of a spawned stage: the launcher handles Ctrl-C, so the stage ignores SIGINT and exits with a code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = _guarded(cfg, rank, world, host, port, prefix, False, result_path)
+    code = _guarded(cfg, builder, batches, rank, world, host, port, prefix, False, result_path)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def _guarded(cfg, rank, world, host, port, prefix, host_store, result_path) -> int:
+def _guarded(cfg, builder, batches, rank, world, host, port, prefix, host_store, result_path) -> int:
     """Run a stage; report its own failure to the others; return the exit code."""
     try:
-        _stage_main(cfg, rank, world, host, port, prefix, host_store, result_path)
+        _stage_main(cfg, builder, batches, rank, world, host, port, prefix, host_store, result_path)
         if dist.is_initialized():
             dist.destroy_process_group()
         return 0
@@ -315,26 +367,34 @@ def _report(host: str, port: int, prefix: str, msg: str) -> None:
 
 
 # -- launchers ---------------------------------------------------------------------------------------------------
-def launch(cfg: PipelineConfig) -> PipelineResult | None:
-    """Train `cfg` pipelined: under torchrun this process is one stage (result on stage 0, None elsewhere);
-    otherwise spawn `cfg.stages` local stage processes and return the result once every stage has finished."""
-    cfg = cfg.resolved()
+def launch(cfg: PipelineConfig, builder: Builder, batches: Batches) -> PipelineResult | None:
+    """Train the model `builder(method=...)` builds on `batches` (cycled for `cfg.steps` steps), pipelined.
+
+    Under torchrun this process is one stage (the result on stage 0, None elsewhere; every rank must pass the same
+    builder and batches); otherwise `cfg.stages` local stage processes are spawned (so `builder` must be picklable:
+    a module-level function or a functools.partial of one) and the result comes back once every stage finished.
+    """
+    batch_size = check_batches(batches)
+    batches = list(batches)
     if in_torchrun():
-        return _launch_torchrun(cfg)
-    return _launch_spawn(cfg)
+        return _launch_torchrun(cfg, builder, batches, batch_size)
+    return _launch_spawn(cfg, builder, batches, batch_size)
 
 
-def _launch_torchrun(cfg: PipelineConfig) -> PipelineResult | None:
+def _launch_torchrun(cfg: PipelineConfig, builder: Builder, batches: Batches, batch_size: int) -> PipelineResult | None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    check_config(cfg, world)
+    check_config(cfg, world, None, batch_size)
     cfg = replace(cfg, stages=world)
+    # every rank checks the model before joining: a wrong model or launch is a clear error on each, not a hang
+    check_config(cfg, None, build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None), batch_size)
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
     prefix = f"deinforeg-pipe/{run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        result = _stage_main(cfg, rank, world, host, port, prefix, rank == 0 and not agent_store, None)
+        host_store = rank == 0 and not agent_store
+        result = _stage_main(cfg, builder, batches, rank, world, host, port, prefix, host_store, None)
     except PeerFailure as e:
         raise PipelineError(f"stage {rank} stopped: {e}") from None
     except (KeyboardInterrupt, Exception) as e:
@@ -345,12 +405,12 @@ def _launch_torchrun(cfg: PipelineConfig) -> PipelineResult | None:
     return result
 
 
-def _launch_spawn(cfg: PipelineConfig) -> PipelineResult:
+def _launch_spawn(cfg: PipelineConfig, builder: Builder, batches: Batches, batch_size: int) -> PipelineResult:
     import multiprocessing as mp
 
-    check_config(cfg)
-    model = build_model(cfg)
-    check_config(cfg, None, model)
+    check_config(cfg, None, None, batch_size)
+    model = build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None)
+    check_config(cfg, None, model, batch_size)
     del model
     world = int(cfg.stages)
     if cfg.port is not None:
@@ -366,7 +426,10 @@ def _launch_spawn(cfg: PipelineConfig) -> PipelineResult:
     with tempfile.TemporaryDirectory(prefix="deinforeg-pipe-") as tmp:
         result_path = str(Path(tmp) / "result.pt")
         procs = [
-            ctx.Process(target=_run_stage_process, args=(cfg, r, world, cfg.host, port, prefix, result_path))
+            ctx.Process(
+                target=_run_stage_process,
+                args=(cfg, builder, batches, r, world, cfg.host, port, prefix, result_path),
+            )
             for r in range(world)
         ]
         try:
@@ -385,7 +448,7 @@ def _launch_spawn(cfg: PipelineConfig) -> PipelineResult:
         if not os.path.exists(result_path):
             raise PipelineError("every stage exited cleanly but stage 0 wrote no result")
         saved_result = torch.load(result_path, map_location="cpu", weights_only=False)
-    model = build_model(cfg, "bp" if cfg.engine != "deinforeg" else None)
+    model = build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None)
     model.load_state_dict(saved_result["model"])
     info = saved_result["info"]
     return PipelineResult(
