@@ -9,6 +9,7 @@ repository's `datasets`, `benchmarks` and `leaderboards` are not importable ther
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -56,7 +57,9 @@ def test_pip_install_into_a_fresh_venv_works_outside_the_repository(tmp_path: Pa
     )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co. from this environment
     pip = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT)]
-    subprocess.run(pip, check=True, cwd=tmp_path, timeout=300)
+    # the build backend (setuptools) comes from this environment too: the fresh venv's own may predate bdist_wheel
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    subprocess.run(pip, check=True, cwd=tmp_path, timeout=300, env=env)
     work = tmp_path / "elsewhere"
     work.mkdir()
     out = subprocess.run([py, "-c", SCRIPT], cwd=work, capture_output=True, text=True, timeout=300)

@@ -255,21 +255,6 @@ def test_cli_wrong_launches_exit_2_with_one_line(argv, needle, capsys):
     assert needle in err and err.count("\n") == 1, err
 
 
-def _create_model_raises_user_error() -> bool:
-    try:
-        zoo.create_model("resnet18", num_classes=10, foo=1)
-    except UserError:
-        return True
-    except Exception:  # noqa: BLE001 - the lead's branch turns unknown keywords into UserError
-        return False
-    return False
-
-
-@pytest.mark.xfail(
-    not _create_model_raises_user_error(),
-    reason="needs zoo.create_model to raise UserError for unknown keywords and models (lead's change)",
-    strict=True,
-)
 @pytest.mark.parametrize("argv", [["--model", "resnet18", "--model-kwargs", "foo=1"], ["--model", "no_such_net"]])
 def test_cli_unknown_model_or_keyword_exits_2_with_one_line(argv, capsys):
     assert main(argv) == 2

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UserError
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
 from .metrics import IGNORE_INDEX
 from .tasks import check_task
@@ -145,7 +146,7 @@ def merge_units(units: Sequence[nn.Module], num_blocks: int | None) -> tuple[lis
     if num_blocks is None:
         num_blocks = n
     if not 1 <= num_blocks <= n:
-        raise ValueError(f"num_blocks={num_blocks} is not possible: this model can be cut into 1 to {n} blocks")
+        raise UserError(f"num_blocks={num_blocks} is not possible: this model can be cut into 1 to {n} blocks")
     base, extra = divmod(n, num_blocks)
     sizes = [base] * (num_blocks - extra) + [base + 1] * extra
     blocks, ends, i = [], [], 0
@@ -210,9 +211,9 @@ class DecoupledModel(nn.Module):
     @exit_policy.setter
     def exit_policy(self, policy: str) -> None:
         if policy not in EXIT_POLICIES:
-            raise ValueError(f"unknown exit policy {policy!r}; valid choices: {', '.join(EXIT_POLICIES)}")
+            raise UserError(f"unknown exit policy {policy!r}; valid choices: {', '.join(EXIT_POLICIES)}")
         if policy == "adaptive" and self.method == "bp":
-            raise ValueError("exit policy 'adaptive' needs a head on every block; method 'bp' has only the last")
+            raise UserError("exit policy 'adaptive' needs a head on every block; method 'bp' has only the last")
         self._exit_policy = policy
 
     @property
@@ -227,9 +228,9 @@ class DecoupledModel(nn.Module):
         rebuild the optimizers, e.g. `zoo.grow.refresh_optimizers(trainer)`)."""
         if n is not None:
             if not 1 <= n <= self.num_blocks:
-                raise ValueError(f"set_active({n}) is not possible: this model has 1 to {self.num_blocks} blocks")
+                raise UserError(f"set_active({n}) is not possible: this model has 1 to {self.num_blocks} blocks")
             if n < self.num_blocks and self.blocks[n - 1].head is None:
-                raise ValueError(f"block {n - 1} has no head (method {self.method!r}): it cannot be the last to run")
+                raise UserError(f"block {n - 1} has no head (method {self.method!r}): it cannot be the last to run")
         self._active = None if n is None or n == self.num_blocks else int(n)
 
     @property
@@ -248,7 +249,7 @@ class DecoupledModel(nn.Module):
 
     def set_best_block(self, index: int) -> None:
         if not 0 <= index < self.num_blocks or self.blocks[index].head is None:
-            raise ValueError(f"block {index} has no head to exit through")
+            raise UserError(f"block {index} has no head to exit through")
         self.best_block.fill_(index)
 
     def param_groups(self) -> list[list[nn.Parameter]]:
@@ -267,16 +268,16 @@ class DecoupledModel(nn.Module):
 
         `rng=(seed, step)` draws each block's randomness from its own stream (see `block_seed`)."""
         if x.shape[0] == 0:
-            raise ValueError("empty batch")
+            raise UserError("empty batch")
         decoupled = self.method in LOCAL_METHODS
         if decoupled and x.shape[0] < 2:
-            raise ValueError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
+            raise UserError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
         if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
+            raise UserError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
         labels = y[y != IGNORE_INDEX[self.task]]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             lo, hi = int(labels.min()), int(labels.max())
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
+            raise UserError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         feats = [x]
         out = StepOutput([], [], [])
         for k, block in enumerate(self.blocks[: self.num_active]):
@@ -315,7 +316,7 @@ class DecoupledModel(nn.Module):
     def exit_block(self) -> int:
         """The block `model(x)` predicts through under `last` or `best` (`adaptive` has no single exit)."""
         if self._exit_policy == "adaptive":
-            raise ValueError("an adaptive exit depends on each input; set exit_policy to 'last' or 'best' first")
+            raise UserError("an adaptive exit depends on each input; set exit_policy to 'last' or 'best' first")
         last = self.num_active - 1
         return last if self._exit_policy == "last" else min(int(self.best_block), last)
 
@@ -380,7 +381,7 @@ class DecoupledModel(nn.Module):
         """The adaptive exit's output from every block's prediction (`forward_blocks`), with no second forward."""
         preds = preds[: self.num_active]
         if any(p is None for p in preds):
-            raise ValueError("the adaptive exit needs a head on every block")
+            raise UserError("the adaptive exit needs a head on every block")
         out = preds[-1].clone()
         depth = torch.full((out.shape[0],), self.num_active, dtype=torch.long, device=out.device)
         undecided = torch.ones_like(depth, dtype=torch.bool)
@@ -436,7 +437,7 @@ def build_decoupled(
             blocks.append(Block(body, head))
     else:
         if decoder is None:
-            raise ValueError("a segmentation model needs a decoder block")
+            raise UserError("a segmentation model needs a decoder block")
         ignore = 255 if ignore_index is None else ignore_index
         for body, shape in zip(bodies, out_shapes, strict=True):
             head = DenseLocalHead(method, shape[0], num_classes, ignore_index=ignore, **head_kwargs) if local else None

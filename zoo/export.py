@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .decoupled import DecoupledModel
+from .errors import UserError
 from .heads import DenseLocalHead, LocalHead, TaskHead
 
 __all__ = ["ExitNet", "export"]
@@ -51,7 +52,7 @@ def _exit_net(model: DecoupledModel, k: int) -> ExitNet:
         raise NotImplementedError("a block that reads skip features can only be exported by its adapter")
     head = blocks[k].head
     if head is None:
-        raise ValueError(f"block {k} has no head to exit through")
+        raise UserError(f"block {k} has no head to exit through")
     bodies = [copy.deepcopy(b.body) for b in blocks]
     return ExitNet(bodies, _plain_head(head), resize_to_input=model.task == "seg").eval()
 

@@ -50,7 +50,7 @@ class GlobalPool(nn.Module):
     def __init__(self, kind: str = "avg", num_prefix_tokens: int = 1):
         super().__init__()
         if kind not in ("avg", "token"):
-            raise ValueError(f"unknown pool kind {kind!r}; valid choices: avg, token")
+            raise UserError(f"unknown pool kind {kind!r}; valid choices: avg, token")
         self.kind = kind
         self.num_prefix_tokens = num_prefix_tokens
 
@@ -63,7 +63,7 @@ class GlobalPool(nn.Module):
             return h[:, self.num_prefix_tokens :].mean(dim=1)
         if h.dim() == 2:
             return h
-        raise ValueError(f"cannot pool a block output of shape {tuple(h.shape)}")
+        raise UserError(f"cannot pool a block output of shape {tuple(h.shape)}")
 
 
 def _mlp(dims: Sequence[int]) -> nn.Sequential:
@@ -89,7 +89,7 @@ class Projector(nn.Module):
     ):
         super().__init__()
         if kind not in PROJECTORS:
-            raise ValueError(f"unknown projector {kind!r}; valid choices: {', '.join(PROJECTORS)}")
+            raise UserError(f"unknown projector {kind!r}; valid choices: {', '.join(PROJECTORS)}")
         self.kind = kind
         if kind == "pool":
             self.pool = pool if pool is not None else GlobalPool()

@@ -95,7 +95,7 @@ def list_supported(pattern: str | None = None) -> list[str]:
 
 def _check_name(name: str, arch: str) -> None:
     if arch.lower() not in ARCHS:
-        raise ValueError(f"unknown or unsupported SMP architecture {arch!r}; supported: {', '.join(ARCHS)}")
+        raise UserError(f"unknown or unsupported SMP architecture {arch!r}; supported: {', '.join(ARCHS)}")
     if name.startswith("tu-") and timm.models.is_model(name[3:]):
         return
     if name in smp.encoders.encoders:
@@ -103,7 +103,7 @@ def _check_name(name: str, arch: str) -> None:
     candidates = list(smp.encoders.encoders) + list_supported()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"unknown segmentation encoder {name!r}: not an SMP encoder nor `tu-` + a timm model{hint}")
+    raise UserError(f"unknown segmentation encoder {name!r}: not an SMP encoder nor `tu-` + a timm model{hint}")
 
 
 def _unsupported(name: str, why: str) -> ValueError:
@@ -173,7 +173,7 @@ def _new_smp(arch: str, name: str, num_classes: int, in_channels: int, smp_kw: d
     kw = {"encoder_weights": None, **smp_kw}  # never download weights unless asked to
     model = smp.create_model(arch, encoder_name=name, in_channels=in_channels, classes=num_classes, **kw)
     if getattr(model, "classification_head", None) is not None:
-        raise ValueError("aux_params is not supported: every encoder block already has its own classifier")
+        raise UserError("aux_params is not supported: every encoder block already has its own classifier")
     return model
 
 
@@ -240,7 +240,7 @@ def create(
     net = _new_smp(arch, name, num_classes, in_channels, smp_kw)
     units, shapes, slots = _cut(net.encoder, size, in_channels, name)
     if num_blocks is not None and num_blocks != len(units) + 1:
-        raise ValueError(
+        raise UserError(
             f"num_blocks={num_blocks} is not possible: {name} with {arch} has {len(units)} encoder stages, each a "
             f"block because the decoder reads every stage, plus the decoder block: num_blocks must be "
             f"{len(units) + 1} (change encoder_depth to change it)"
@@ -283,7 +283,7 @@ def export(model: DecoupledModel) -> nn.Module:
     """A plain SMP model carrying `model`'s encoder and decoder weights, in eval mode (outputs equal `model`'s)."""
     config = model.config
     if config.get("adapter") != "smp":
-        raise ValueError("export needs a model built by the SMP adapter")
+        raise UserError("export needs a model built by the SMP adapter")
     growth = model.growth
     if growth is not None and growth["added"]:
         raise NotImplementedError("a grown model (zoo.grow) has encoder blocks SMP's architecture does not have")

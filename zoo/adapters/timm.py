@@ -102,7 +102,7 @@ def _check_name(name: str) -> None:
 
     close = difflib.get_close_matches(name, registered_names() + timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ValueError(f"unknown model {name!r}: not a zoo model nor a timm architecture{hint}")
+    raise UserError(f"unknown model {name!r}: not a zoo model nor a timm architecture{hint}")
 
 
 # -- cutting -----------------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def _load_backbone(model: nn.Module, path: str) -> None:
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not is_head(k)]
     if missing:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:5]}")
+        raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:5]}")
 
 
 def _data_info(model: nn.Module) -> dict[str, Any]:
@@ -353,7 +353,7 @@ def export(model: DecoupledModel) -> nn.Module:
     """
     config = model.config
     if config.get("adapter") != "timm":
-        raise ValueError("export needs a model built by the timm adapter")
+        raise UserError("export needs a model built by the timm adapter")
     growth = model.growth
     if growth is not None and (growth["added"] or growth["keep"] is not None):
         raise NotImplementedError("a grown model (zoo.grow) has blocks timm's architecture does not have")
