@@ -26,8 +26,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from zoo import LOCAL_METHODS, UserError
-from zoo.pipeline import Batches, Builder, PipelineConfig, check_micro_batches, launch, run_single
+from zoo.pipeline import Batches, Builder, PipelineConfig, check_micro_batches, launch, run_single, shares_gpu
 from zoo.pipeline.partition import balanced_split, stage_slices
 from zoo.runtime import resolve_device
 from zoo.train import TrainConfig
@@ -276,6 +278,11 @@ def run(
     """Measure every engine (the decoupled ones for each local method) for every model; append rows; print the
     table, where the speedup goes and the scaling model; record the rows in the run folder and W&B."""
     plan = _plan(cfg)  # user errors before anything runs
+    if shares_gpu(_pipeline_config(cfg), cfg.stages):
+        n = torch.cuda.device_count()
+        log(f"gpipe / 1f1b left out: torch.distributed.pipelining needs one GPU per stage (NCCL), and {cfg.stages} "
+            f"stages share {n} GPU(s) here; the decoupled stages talk gloo through the CPU")  # fmt: skip
+        plan = [p for p in plan if p[1] not in PIPELINING and p[1] != "bp-single-mb"]
     rows: list[dict[str, Any]] = []
     for name in cfg.model:
         rows += _run_model(cfg, name, plan, run_id, env, log)
@@ -297,8 +304,11 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += f"{pc.threads} thread(s)" + (
             ", each process on its own core" if pc.pin_cpu else ", processes not pinned to cores"
         )
+    elif shares_gpu(pc, s):
+        note = f"gpu: {s} stage processes share {torch.cuda.device_count()} GPU(s) ({torch.cuda.get_device_name()}), "
+        note += "activations sent through the CPU (gloo); a stage's compute is slowed by the others on its GPU"
     else:
-        note = "gpu: one GPU per stage"
+        note = f"gpu: one GPU per stage ({torch.cuda.get_device_name()})"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
     log(

@@ -55,12 +55,13 @@ def _git(*args: str, cwd: Path) -> str:
 
 def git_commit(path: str | os.PathLike | None = None, full: bool = False) -> str | None:
     """The commit of the repository holding `path` (default: this package), with `+dirty` when tracked files
-    differ from it; None outside a git checkout (an installed package)."""
+    differ from it. Outside a git checkout (an installed package, or a copy of a clean tree sent to another machine)
+    it is $DEINFOREG_COMMIT if the sender set it, else None."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = _git("rev-parse", "HEAD" if full else "--short=12", *([] if full else ["HEAD"]), cwd=cwd)
         if not commit:
-            return None
+            return os.environ.get("DEINFOREG_COMMIT") or None
         dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -22,6 +22,7 @@ from .launch import (
     check_micro_batches,
     in_torchrun,
     launch,
+    shares_gpu,
 )
 from .partition import Partition, UnitProfile, balanced_split, partition_units, profile_units, stage_slices
 
@@ -46,6 +47,7 @@ __all__ = [
     "partition_units",
     "profile_units",
     "run_single",
+    "shares_gpu",
     "stage_slices",
     "synthetic_batches",
 ]

@@ -271,10 +271,20 @@ class _Waiter(threading.Thread):
 class Link:
     """This stage's sends and receives, with a bounded number of messages in flight and polled, timed waits."""
 
-    def __init__(self, rank: int, watchdog: Watchdog | None, device: torch.device, timeout_s: float, max_in_flight=2):
+    def __init__(
+        self,
+        rank: int,
+        watchdog: Watchdog | None,
+        device: torch.device,
+        timeout_s: float,
+        max_in_flight=2,
+        comm_device: torch.device | None = None,
+    ):
         self.rank = rank
         self.watchdog = watchdog
-        self.device = device
+        self.device = device  # where the stage computes; received tensors land here
+        # where tensors travel: the compute device under NCCL, the CPU under gloo (stages sharing one GPU)
+        self.comm_device = comm_device or device
         self.timeout_s = timeout_s
         self.max_in_flight = max(1, int(max_in_flight))
         self.stats = LinkStats()
@@ -324,8 +334,8 @@ class Link:
             base = 3 + i * _SLOT
             header[base], header[base + 1] = _CODE[t.dtype], t.dim()
             header[base + 2 : base + 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
-            payload.append(t.detach().to(self.device).contiguous())
-        header = header.to(self.device)
+            payload.append(t.detach().to(self.comm_device).contiguous())
+        header = header.to(self.comm_device)
         works = [dist.isend(header, dst)] + [dist.isend(t, dst) for t in payload]
         self._in_flight.append((dst, works, [header, *payload]))
         self.stats.bytes_sent += sum(t.numel() * t.element_size() for t in payload) + header.numel() * 8
@@ -345,7 +355,7 @@ class Link:
     # -- receiving ------------------------------------------------------------------------------------------------
     def recv(self, src: int, what: str = "message") -> Message:
         t0 = time.perf_counter()
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.comm_device)
         self._wait(dist.irecv(header, src), src, what)
         t1 = time.perf_counter()
         h = header.tolist()
@@ -354,10 +364,12 @@ class Link:
         for i in range(n):
             base = 3 + i * _SLOT
             dtype, ndim = _DTYPES[h[base]], h[base + 1]
-            tensors.append(torch.empty(h[base + 2 : base + 2 + ndim], dtype=dtype, device=self.device))
+            tensors.append(torch.empty(h[base + 2 : base + 2 + ndim], dtype=dtype, device=self.comm_device))
         works = [dist.irecv(t, src) for t in tensors]
         for w in works:
             self._wait(w, src, what)
+        if self.comm_device != self.device:
+            tensors = [t.to(self.device, non_blocking=True) for t in tensors]
         t2 = time.perf_counter()
         self.stats.bytes_received += sum(t.numel() * t.element_size() for t in tensors) + HEADER_LEN * 8
         self.stats.idle_s += t1 - t0

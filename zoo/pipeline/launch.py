@@ -127,6 +127,12 @@ def check_config(
             )
     if cfg.engine != "deinforeg" and batch_size is not None:
         check_micro_batches(batch_size, cfg.micro_batches)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", stages))
+    if cfg.engine != "deinforeg" and shares_gpu(cfg, local_world):
+        raise LaunchError(
+            f"{cfg.engine} (torch.distributed.pipelining) needs one GPU per stage for NCCL; {local_world} stages "
+            f"would share {torch.cuda.device_count()} GPU(s) here"
+        )
 
 
 def check_batches(batches: Batches) -> int:
@@ -202,7 +208,7 @@ def _decide_partition(
         info = {"sizes": list(cfg.partition), "predicted_s": None, "profile": None}
     else:
         x, y = batches[0]
-        dev = _device(cfg)
+        dev = _device(cfg, int(os.environ.get("LOCAL_RANK", rank)))
         profiles = profile_units(model.to(dev), x.to(dev), y.to(dev), cfg.train, repeats=cfg.profile_repeats)
         part: Partition = partition_units(profiles, world)
         info = {"sizes": part.sizes, "predicted_s": part.predicted_s, "profile": [p.to_dict() for p in profiles]}
@@ -211,10 +217,18 @@ def _decide_partition(
     return info
 
 
-def _device(cfg: PipelineConfig) -> torch.device:
+def _device(cfg: PipelineConfig, local_rank: int = 0) -> torch.device:
+    """Stage `local_rank` of this machine computes on GPU `local_rank` (modulo the GPUs there: with fewer GPUs
+    than stages, stages share them), or on the CPU."""
     if cfg.device.startswith("cuda"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device(cfg.device)
+
+
+def shares_gpu(cfg: PipelineConfig, local_world: int) -> bool:
+    """True when this machine's stages outnumber its GPUs: NCCL refuses two ranks on one GPU, so they talk gloo
+    through the CPU (and torch.distributed.pipelining's GPipe / 1F1B cannot run)."""
+    return cfg.device.startswith("cuda") and local_world > torch.cuda.device_count()
 
 
 def _stage_main(
@@ -232,13 +246,14 @@ def _stage_main(
     local = int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
     pin_cpu(cfg, *local)  # before torch and gloo start their threads, so they inherit the cores
     torch.set_num_threads(cfg.threads)
-    device = _device(cfg)
+    device = _device(cfg, local[0])
+    shared = shares_gpu(cfg, local[1])  # check_config refused GPipe / 1F1B then
     if device.type == "cuda":
         torch.cuda.set_device(device)
     client = connect_store(host, port, cfg.timeout_s, is_master=host_store)
     store = dist.PrefixStore(prefix, client)
     dist.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo",
+        "nccl" if device.type == "cuda" and not shared else "gloo",
         store=dist.PrefixStore("pg", store),
         rank=rank,
         world_size=world,
@@ -258,7 +273,8 @@ def _stage_main(
     try:
         info = _decide_partition(cfg, builder, batches, store, rank, world, wd)
         sizes = info["sizes"]
-        link = Link(rank, wd, device, cfg.timeout_s, cfg.max_in_flight)
+        comm = torch.device("cpu") if shared else device
+        link = Link(rank, wd, device, cfg.timeout_s, cfg.max_in_flight, comm_device=comm)
         if cfg.engine == "deinforeg":
             out = stage_decoupled(cfg, builder, batches, rank, world, sizes, link)
         else:
