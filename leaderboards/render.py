@@ -58,6 +58,11 @@ def _f(v: str | None) -> float | None:
         return None
 
 
+def _fmt2(v: str | None) -> str:
+    x = _f(v)
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _method_key(m: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
@@ -266,10 +271,12 @@ def _pipeline_section(path: Path) -> list[str]:
         if engine in ("gpipe", "1f1b"):
             engine += f" (M={m})"
         opt = r.get("note", "").partition("optimizer ")[2] or "not recorded (see findings)"
+        if "gpu:" in r.get("note", ""):
+            engine += f" [{r.get('device')}]"
         out.append(
             f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {engine} | {r.get('stages')} "
             f"| {r.get('batch_size')} | {r.get('partition')} | {float(r['samples_per_s']):.1f} "
-            f"| {float(r['speedup_vs_bp']):.2f} | {float(r['speedup_vs_pipelining_bp']):.2f} "
+            f"| {_fmt2(r.get('speedup_vs_bp'))} | {_fmt2(r.get('speedup_vs_pipelining_bp'))} "
             f"| {r.get('busy_per_stage')} | {r.get('predicted_ms_per_stage')} → {r.get('measured_ms_per_stage')} "
             f"| {opt} | {r.get('commit', '')} | {r.get('date', '')[:16].replace('T', ' ')} |"
         )
