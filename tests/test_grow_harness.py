@@ -168,3 +168,19 @@ def test_bad_growth_requests_exit_2_with_one_line(tmp_path, capsys, parent, pare
     err = capsys.readouterr().err.strip()
     assert rc == 2 and words in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing ran, no run folder
+
+
+def test_published_grown_checkpoint_loads_by_name_and_exports(tmp_path, monkeypatch):
+    from zoo import hub
+
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(hub.MANIFEST_ENV, raising=False)
+    model = zoo.create_model("paper_vgg.deinforeg_grown_digits", pretrained=True)
+    meta = model.checkpoint_meta
+    assert model.num_blocks == 5 and meta["growth"]["frozen"] == [0, 1, 2, 3]
+    assert meta["grown_from"]["source"] == "paper_vgg.deinforeg_digits" and meta["added_blocks"][0]["kind"] == "conv"
+    parent = zoo.create_model("paper_vgg.deinforeg_digits", pretrained=True)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.forward_blocks(x)[:4], parent.forward_blocks(x)))
+        assert torch.allclose(zoo.export(model).eval()(x), model(x), atol=1e-5)
