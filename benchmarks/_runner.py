@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,13 @@ import torch
 from torch.utils.data import DataLoader
 
 import datasets
-from zoo.checkpoints import resume_trainer, save_checkpoint
+from zoo.checkpoints import load_training_state, resume_trainer, save_checkpoint
 from zoo.runtime import PeakMemory, resolve_device
 from zoo.train import Callback, NonFiniteLossError, TrainConfig, Trainer, TrainingStopped, seed_everything
 
+from ._growth import GrowthCallback, make_model
 from ._wandb import start_run
-from .build import EpochBatches, build_datasets, build_model, eval_loader
+from .build import EpochBatches, build_datasets, eval_loader
 from .config import RunConfig
 
 __all__ = ["Interrupted", "RunFailed", "RunSpec", "install_sigint", "recalibrate_bn", "train_one", "train_config"]
@@ -65,10 +67,12 @@ class RunSpec:
     method: str
     seed: int
     noise_rate: float
+    variant: str = ""  # grow bench: progressive | all_at_once | extended | scratch (benchmarks/_growth.py)
 
     @property
     def key(self) -> str:
-        return f"{self.model.replace('/', '_')}-{self.method}-noise{self.noise_rate:g}-seed{self.seed}"
+        key = f"{self.model.replace('/', '_')}-{self.method}-noise{self.noise_rate:g}-seed{self.seed}"
+        return f"{key}-{self.variant}" if self.variant else key
 
 
 def train_config(cfg: RunConfig) -> TrainConfig:
@@ -82,9 +86,12 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
     With budgets of a few dozen steps, momentum-averaged statistics lag far behind fast-moving weights (a BP ResNet
     at 95% with batch statistics scored 10% with its running ones); recomputing them, as SWA's `update_bn` does,
-    gives every method the statistics of its final weights. Labels are not used.
+    gives every method the statistics of its final weights. Labels are not used. Frozen and inactive blocks
+    (`zoo.grow`) keep theirs: they are not trained, and a frozen block runs in eval mode.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    skip = {id(m) for k, b in enumerate(model.blocks) if b.frozen or k >= model.num_active for m in b.modules()}
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+           and id(m) not in skip]  # fmt: skip
     if not bns:
         return
     momenta = [m.momentum for m in bns]
@@ -197,7 +204,7 @@ def train_one(
     if audit is not None:
         datasets.noise.save_audit(audit, run_dir / "noise_audit.json")
     seed_everything(spec.seed)
-    model = build_model(cfg, spec.model, spec.method)
+    model, grown_meta = make_model(cfg, spec.model, spec.method, spec.variant)
     source = EpochBatches(train_ds, cfg.batch_size, spec.seed)
     total = len(source) * cfg.epochs
     trainer = Trainer(model, train_config(cfg), total_steps=total, device=device)
@@ -210,7 +217,9 @@ def train_one(
         return trainer.evaluate(loader, adaptive=adaptive)
 
     ckpt = run_dir / "checkpoint"
+    schedule = GrowthCallback(cfg.grow_at if spec.variant == "progressive" else None, cfg.freeze_overtaken)
     if (ckpt / "training_state.pt").exists():
+        schedule.apply(trainer, int(load_training_state(ckpt)["epoch"]))  # the layout its optimizers were built for
         resume_trainer(trainer, ckpt)
         log(f"{position}{spec.key}: resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
     metrics_path = run_dir / "metrics.jsonl"
@@ -224,16 +233,18 @@ def train_one(
     def save(final: bool = False, extra: dict | None = None) -> None:
         # the final checkpoint keeps weights only: a finished run is never resumed
         meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.noise_kind}
-        meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **(extra or {}))
+        meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **grown_meta, **(extra or {}))
         save_checkpoint(model, ckpt, metadata=meta, trainer_state=None if final else trainer.state_dict())
 
     progress = _Progress(total, f"{position}{spec.key}") if cfg.progress else None
     callbacks = [
+        schedule,  # first: the records it completes and the layout the checkpoint saves
         _Record(metrics_path, wb),
         _Checkpoint(save, cfg.checkpoint),
         _StopOnRequest(cfg.interrupt_after_steps),
     ]
     mem = PeakMemory(device).start()
+    t0 = time.perf_counter()
     try:
         trainer.fit(
             source, cfg.epochs, val=lambda t: evaluate(val_loader), callbacks=[*callbacks, progress or Callback()]
@@ -249,6 +260,7 @@ def train_one(
         if progress is not None:
             progress.close()
     peak = mem.peak_mb()
+    wall = time.perf_counter() - t0
 
     best = int(model.best_block)
     val = evaluate(val_loader)  # the statistics the test below uses
@@ -278,6 +290,13 @@ def train_one(
         "steps": trainer.step,
         "train_size": len(train_ds),
         "noise_flipped": (audit or {}).get("num_flipped", 0),
+        "variant": spec.variant,
+        "grown_from": grown_meta.get("grown_from"),
+        "trained_blocks": [k + 1 for k in model.trained_blocks()],
+        "trained_params": sum(p.numel() for k in model.trained_blocks() for p in model.blocks[k].parameters()),
+        "block_steps": sum(r.get("block_steps", 0) for r in trainer.history),
+        "train_s": sum(trainer.step_times),  # every training step's time, resumed sessions included
+        "wall_s": wall,  # this session's fit: training and per-epoch validation
         "history": trainer.history,
     }
     save(final=True, extra={"metrics": {k: result[k] for k in ("metric", "best_block", "per_block", "adaptive")}})

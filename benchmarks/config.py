@@ -31,7 +31,7 @@ __all__ = [
     "expand_models",
 ]
 
-BENCHES = ("accuracy", "noise", "throughput", "pipeline")
+BENCHES = ("accuracy", "noise", "throughput", "pipeline", "grow")
 WANDB_MODES = ("offline", "online", "disabled")
 NOISE_KINDS = ("symmetric", "pair")
 DEFAULT_NOISE_SWEEP = [0.0, 0.2, 0.4, 0.6]
@@ -49,7 +49,7 @@ class RunConfig:
     task: str = "cls"  # cls (accuracy) | seg (mIoU)
     arch: str | None = None  # SMP architecture for seg (unet, fpn, deeplabv3plus, ...); None: unet
     methods: list[str] = field(default_factory=lambda: ["bp", "deinforeg"])  # trained side by side
-    bench: str = "accuracy"  # accuracy | noise | throughput (one device) | pipeline (multi-device)
+    bench: str = "accuracy"  # accuracy | noise | throughput (one device) | pipeline (multi-device) | grow
     dataset: str | None = None  # None: the embedded default (digits for cls, shapes for seg)
     data_root: str | None = None  # root of real datasets ($DEINFOREG_DATA_ROOT or ./data when None)
     noise_rates: list[float] | None = None  # None: [0] for accuracy, [0, .2, .4, .6] for noise
@@ -85,6 +85,11 @@ class RunConfig:
     pin_cpu: bool = True  # pipeline on CPU: give each stage process its own core
     bandwidth_gbps: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # pipeline: scaling-model links
     plot: bool = True  # pipeline: plot the scaling model into the leaderboard folder
+    # grow (benchmarks/_growth.py): block k+1 joins at epoch grow_at[k-1]; compared with all blocks from the start
+    grow_at: list[int] | None = None
+    freeze_overtaken: bool = False  # grow: freeze block k when block k+1 joins (it then only runs forward)
+    init_from: str | None = None  # grow: extend this checkpoint folder or pretrained name (its blocks frozen)
+    add_blocks: list[str] | None = None  # grow: blocks --init-from gets, e.g. ["conv:64:2"] or ["stages:resnet34:3"]
     progress: bool = True  # tqdm progress bars with ETA
     checkpoint: bool = True  # save a checkpoint after every epoch (needed for --resume)
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
@@ -152,9 +157,13 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         ("engines", str),
         ("partition", int),
         ("bandwidth_gbps", float),
+        ("grow_at", int),
     ):
         if name in v:
             v[name] = _as_list(v[name], kind, name)
+    if v.get("add_blocks") is not None:  # repeated and/or comma-separated
+        items = v["add_blocks"] if isinstance(v["add_blocks"], list | tuple) else [v["add_blocks"]]
+        v["add_blocks"] = [s.strip() for item in items for s in str(item).split(",") if s.strip()]
     if "model_kwargs" in v:
         v["model_kwargs"] = parse_model_kwargs(v["model_kwargs"])
     if "micro_batches" in v:
@@ -219,8 +228,64 @@ def resolve(values: dict[str, Any]) -> RunConfig:
             setattr(cfg, k, v)
     cfg.epochs = cfg.epochs or defaults["epochs"]
     cfg.batch_size = cfg.batch_size or defaults["batch_size"]
+    _check_growth(cfg, values)
     cfg.model = expand_models(cfg.model, cfg.task)
     return cfg
+
+
+def _check_growth(cfg: RunConfig, given: dict[str, Any]) -> None:
+    """Growth options imply --bench grow; a schedule or a parent checkpoint that cannot work fails here."""
+    from ._growth import GROW_OPTIONS, check_method, parent_checkpoint, parse_block_specs
+
+    if not any(getattr(cfg, k) for k in GROW_OPTIONS):
+        if cfg.bench == "grow":
+            raise UserError("--bench grow needs --grow-at E1,E2,... (progressive) or --init-from with --add-blocks")
+        return
+    if cfg.bench == "accuracy":
+        cfg.bench = "grow"  # a grown run is compared with all-at-once training: keep the accuracy leaderboard plain
+    if cfg.bench != "grow":
+        raise UserError(f"--grow-at, --freeze-overtaken, --init-from and --add-blocks are for --bench grow, not "
+                        f"--bench {cfg.bench}")  # fmt: skip
+    if cfg.freeze_overtaken and not cfg.grow_at:
+        raise UserError("--freeze-overtaken needs --grow-at (it freezes a block when the next one joins)")
+    if bool(cfg.init_from) != bool(cfg.add_blocks):
+        raise UserError("--init-from and --add-blocks go together: a checkpoint to extend and the blocks it gets")
+    if cfg.grow_at and cfg.init_from:
+        raise UserError("--grow-at and --init-from do not combine: grow progressively or extend a checkpoint")
+    if "methods" not in given:
+        cfg.methods = ["deinforeg"]
+    if cfg.grow_at:
+        at = cfg.grow_at
+        if any(b <= a for a, b in zip(at, at[1:])):
+            raise UserError(f"--grow-at {','.join(map(str, at))}: epochs must be strictly increasing (no repeats)")
+        if not 1 <= at[0] or at[-1] >= cfg.epochs:
+            raise UserError(f"--grow-at {','.join(map(str, at))}: each epoch must lie in 1..{cfg.epochs - 1} "
+                            f"(block 1 trains from epoch 0; --epochs is {cfg.epochs})")  # fmt: skip
+        check_method(cfg.methods)
+        return
+    parse_block_specs(cfg.add_blocks)
+    _, parent = parent_checkpoint(cfg.init_from)
+    model = parent["model"]
+    if parent.get("task", model.get("task")) != cfg.task:
+        raise UserError(f"--init-from {cfg.init_from} is a {parent.get('task')} checkpoint; this run is --task "
+                        f"{cfg.task}")  # fmt: skip
+    from .build import dataset_info
+
+    n = dataset_info(cfg.dataset).num_classes
+    if int(parent.get("num_classes", model.get("num_classes"))) != n:
+        raise UserError(f"--init-from {cfg.init_from} has {parent.get('num_classes')} classes; dataset "
+                        f"{cfg.dataset} has {n}")  # fmt: skip
+    check_method([model["method"]])
+    derived = {"model": [model["name"]], "methods": [model["method"]], "img_size": model.get("img_size"),
+               "model_kwargs": {k: v for k, v in model.items() if k not in _PARENT_KEYS}}  # fmt: skip
+    for key, want in derived.items():
+        if key in given and given[key] is not None and getattr(cfg, key) != want:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from what --init-from "
+                            f"{cfg.init_from} fixes ({want}); leave it out")  # fmt: skip
+        setattr(cfg, key, want)
+
+
+_PARENT_KEYS = ("name", "method", "task", "num_classes", "img_size", "num_blocks", "arch")
 
 
 def _check_dataset(cfg: RunConfig) -> None:

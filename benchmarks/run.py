@@ -6,6 +6,8 @@
     python -m benchmarks.run --resume runs/<run id>              # continue an interrupted run
 
     python -m benchmarks.run --bench pipeline --model resnet18 --stages 2 --methods bp,deinforeg,scpl
+    python -m benchmarks.run --model resnet18 --epochs 8 --grow-at 2,4,6     # progressive vs all blocks at once
+    python -m benchmarks.run --init-from paper_vgg.deinforeg_digits --add-blocks conv:64:1   # extend a checkpoint
 
 Every bench is built from the same `RunConfig` (benchmarks/config.py) by the same functions (benchmarks/build.py);
 defaults < `--config` YAML < flags. The resolved config is saved as `<out>/<run id>/config.yaml`, and every row a
@@ -97,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-pin", dest="pin_cpu", action="store_false", help="pipeline on CPU: let the OS move stage processes")
     a("--bandwidth-gbps", metavar="LIST", help="pipeline: links for the scaling model (default: 0.1,1,10)")
     a("--no-plot", dest="plot", action="store_false", help="pipeline: no scaling-model plot")
+    a("--grow-at", metavar="LIST", help="grow: block k+1 joins at epoch E_k, e.g. 1,2,3 for 4 blocks (block 1 trains "
+      "from epoch 0); compared with all blocks from the start (implies --bench grow)")  # fmt: skip
+    a("--freeze-overtaken", action="store_true", help="grow: freeze block k when block k+1 joins (default: off)")
+    a("--init-from", metavar="CKPT", help="grow: extend this checkpoint folder or pretrained name (e.g. "
+      "paper_vgg.deinforeg_digits); its blocks are frozen, only --add-blocks train")  # fmt: skip
+    a("--add-blocks", metavar="SPEC", action="append", help="grow: blocks for --init-from, comma-separated or "
+      "repeated: conv:WIDTH[:STRIDE[:DEPTH]] (stride 2, depth 1 by default) or stages:[NAME:]I[+J...] (stages of a "
+      "zoo model, default the parent's own), e.g. conv:64:2 or stages:resnet34:3")  # fmt: skip
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--no-checkpoint", dest="checkpoint", action="store_false", help="no per-epoch checkpoints (final one only)")
     a("--interrupt-after-steps", type=int, help=S)  # testing: acts like Ctrl-C after N steps
@@ -166,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             preflight(cfg)
+            if cfg.bench == "grow":
+                from ._growth import preflight as grow_preflight
+
+                grow_preflight(cfg)
         except UserError as e:
             print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
             return 2
@@ -189,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _runner.install_sigint()
     env = environment(resolve_device(cfg.device))
-    bench = importlib.import_module(f".{cfg.bench}", __package__)  # accuracy, noise, throughput, pipeline
+    bench = importlib.import_module(f".{cfg.bench}", __package__)  # accuracy, noise, throughput, pipeline, grow
     try:
         bench.run(cfg, run_dir, run_id, env, log)
     except UserError as e:

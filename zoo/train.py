@@ -260,8 +260,10 @@ class Trainer:
         """Metric of every block's head and of the exits on `loader` (accuracy for cls, mIoU for seg)."""
         m = self.model
         m.eval()
+        # None for a block without a head or not active (progressive depth): it has no exit to measure
         mats: list[ConfusionMatrix | None] = [
-            ConfusionMatrix.for_task(m.task, m.num_classes) if b.head is not None else None for b in m.blocks
+            ConfusionMatrix.for_task(m.task, m.num_classes) if b.head is not None and k < m.num_active else None
+            for k, b in enumerate(m.blocks)
         ]
         ada = ConfusionMatrix.for_task(m.task, m.num_classes)
         depth_sum, n = 0.0, 0
