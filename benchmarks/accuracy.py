@@ -33,6 +33,15 @@ COLUMNS = (
     "train_size",
     "epochs",
     "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "eval_size",
+    "bn_recalib",
+    "train_aug",
+    "projector",
+    "config_hash",
     "noise_kind",
     "noise_rate",
     "seeds",
@@ -40,6 +49,7 @@ COLUMNS = (
     "metric_mean",
     "metric_std",
     "metric_per_seed",
+    "last_mean",
     "best_block",
     "per_block_mean",
     "adaptive_mean",
@@ -52,6 +62,24 @@ COLUMNS = (
     *ENV_COLUMNS,
     "run_id",
 )
+
+
+def recipe_columns(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a row records besides model, data and budget, so it traces to its recipe."""
+    from zoo.train import TrainConfig
+
+    t = TrainConfig()
+    return {
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "schedule": f"cosine to {t.min_lr_ratio:g}x, warmup {t.warmup_steps}, per-block optimizers",
+        "eval_size": cfg.eval_size or "all",
+        "bn_recalib": cfg.bn_recalib,
+        "train_aug": cfg.train_aug,
+        "projector": cfg.model_kwargs.get("projector", "pool") if cfg.task == "cls" else "dense",
+        "config_hash": cfg.config_hash(),
+    }
 
 
 def leaderboard_path(cfg: RunConfig, bench: str | None = None) -> Path:
@@ -117,6 +145,7 @@ def rows_from_results(
                 "train_size": rs[0]["train_size"],
                 "epochs": cfg.epochs,
                 "batch_size": cfg.batch_size,
+                **recipe_columns(cfg),
                 "noise_kind": cfg.noise_kind,
                 "noise_rate": float(rate),
                 "seeds": _join([r["seed"] for r in rs]),
@@ -124,6 +153,7 @@ def rows_from_results(
                 "metric_mean": mean,
                 "metric_std": std,
                 "metric_per_seed": _join([r["metric"] for r in rs], "{:.4f}"),
+                "last_mean": _mean_std([r["last"] for r in rs])[0],
                 "best_block": _join([r["best_block"] for r in rs]),
                 "per_block_mean": _join(per_block),
                 "adaptive_mean": statistics.fmean(ada) if ada else None,

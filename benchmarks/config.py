@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,7 @@ class RunConfig:
     freeze_overtaken: bool = False  # grow: freeze block k when block k+1 joins (it then only runs forward)
     init_from: str | None = None  # grow: extend this checkpoint folder or pretrained name (its blocks frozen)
     add_blocks: list[str] | None = None  # grow: blocks --init-from gets, e.g. ["conv:64:2"] or ["stages:resnet34:3"]
+    allow_dirty: bool = False  # append to the repository's leaderboards/ from a tree with uncommitted changes
     progress: bool = True  # tqdm progress bars with ETA
     checkpoint: bool = True  # save a checkpoint after every epoch (needed for --resume)
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
@@ -97,6 +100,25 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe(self) -> dict[str, Any]:
+        """Every setting that changes a trained model's result (what `config_hash` hashes): the config without
+        where output goes, how progress shows, the seeds (rows list them) and the pipeline / throughput knobs."""
+        return {k: v for k, v in self.to_dict().items() if k not in _NOT_RECIPE}
+
+    def config_hash(self) -> str:
+        """12 hex digits of the sha256 of `recipe()`: rows of the same recipe share it."""
+        text = json.dumps(self.recipe(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# fields that do not change what a training run learns
+_NOT_RECIPE = {
+    "model", "methods", "bench", "seeds", "device", "wandb", "wandb_project", "out", "resume", "leaderboard_dir",
+    "threads", "steps", "warmup", "stages", "micro_batches", "engines", "repeats", "partition", "pin_cpu",
+    "bandwidth_gbps", "plot", "allow_dirty", "progress", "checkpoint", "interrupt_after_steps", "config",
+    "noise_rates",
+}  # fmt: skip
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--add-blocks", metavar="SPEC", action="append", help="grow: blocks for --init-from, comma-separated or "
       "repeated: conv:WIDTH[:STRIDE[:DEPTH]] (stride 2, depth 1 by default) or stages:[NAME:]I[+J...] (stages of a "
       "zoo model, default the parent's own), e.g. conv:64:2 or stages:resnet34:3")  # fmt: skip
+    a("--allow-dirty", action="store_true", help="append to the repository's leaderboards/ from a tree with "
+      "uncommitted changes (refused by default; the rows then carry the +dirty commit)")  # fmt: skip
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--no-checkpoint", dest="checkpoint", action="store_false", help="no per-epoch checkpoints (final one only)")
     a("--interrupt-after-steps", type=int, help=S)  # testing: acts like Ctrl-C after N steps
@@ -161,6 +163,24 @@ def _new_run_id(cfg) -> str:
     return f"{stamp}-{cfg.bench}-{cfg.task}-{cfg.dataset}-{uuid.uuid4().hex[:6]}"
 
 
+_REPO_LEADERBOARDS = (Path(__file__).resolve().parents[1] / "leaderboards").resolve()
+
+
+def _check_provenance(cfg) -> None:
+    """Rows in the repository's leaderboards/ must name a commit that holds the code that made them."""
+    if cfg.allow_dirty or Path(cfg.leaderboard_dir).resolve() != _REPO_LEADERBOARDS:
+        return
+    from zoo.runtime import git_commit
+
+    commit = git_commit(_REPO_LEADERBOARDS)
+    if commit and commit.endswith("+dirty"):
+        raise UserError(
+            f"the tree has uncommitted changes ({commit}): rows in {cfg.leaderboard_dir}/ must name a commit that "
+            "holds the code that made them; commit first, pass --leaderboard-dir elsewhere, or --allow-dirty (the "
+            "rows then carry +dirty)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume = config_from_args(argv)
@@ -183,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UserError as e:
             print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
             return 2
+    try:
+        _check_provenance(cfg)
+    except UserError as e:
+        print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
+        return 2
     if resume is not None:
         run_dir, run_id = resume, resume.name
     else:

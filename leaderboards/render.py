@@ -285,6 +285,33 @@ def _pipeline_section(path: Path) -> list[str]:
     return out + [""]
 
 
+def _grow_section(path: Path) -> list[str]:
+    """Grown models next to the same model trained whole: every exit, and what each spent (every row: each run is
+    its own comparison)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = [f"## {path.stem}", "",
+           "A grown model against the same model trained with all blocks (same seeds, same epochs). `block-steps`: "
+           "optimizer steps summed over the blocks that trained; ratios against the whole-model row of the run.", "",
+           "| model | variant | setup | epochs | seeds | chosen exit (mean ± std) | every exit | block-steps (×) "
+           "| train s (×) | commit |",
+           "|---|---|---|---:|---|---:|---|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        setup = f"grow at {r['grow_at']}" if r.get("grow_at") else ""
+        if r.get("freeze_overtaken") == "true" and r.get("variant") == "progressive":
+            setup += ", overtaken frozen"
+        if r.get("init_from"):
+            setup = f"{r['init_from']} + {r.get('add_blocks')}"
+        exits = " / ".join(r.get("per_block_mean", "").split(";"))
+        out.append(
+            f"| {r['model']} | {r['variant']} | {setup} | {r['epochs']} | {r['seeds'].replace(';', ', ')} "
+            f"| {float(r['metric_mean']):.2f} ± {float(r['metric_std']):.2f} | {exits} "
+            f"| {_f(r.get('block_steps')) or 0:.0f} ({_fmt2(r.get('block_steps_ratio'))}) "
+            f"| {_f(r.get('train_s')) or 0:.1f} ({_fmt2(r.get('train_s_ratio'))}) | {r.get('commit', '')} |"
+        )
+    return out + [""]
+
+
 def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = None) -> list[Path]:
     """Regenerate the README's generated part and every PNG; returns the files written."""
     board_dir = Path(board_dir)
@@ -298,6 +325,9 @@ def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = N
             continue
         if stem.startswith("throughput_pipeline_"):
             md += _pipeline_section(csv_path)
+            continue
+        if stem.startswith("grow_"):
+            md += _grow_section(csv_path)
             continue
         rows = load_board(csv_path)
         if not rows:

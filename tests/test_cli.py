@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.results import read_rows
-from benchmarks.run import build_parser, main
+from benchmarks.run import build_parser, config_from_args, main
 
 TINY_CLS = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "64",
             "--eval-size", "32", "--epochs", "1", "--batch-size", "32"]  # fmt: skip
@@ -195,3 +195,28 @@ def test_pipeline_throughput_through_the_harness_logs_rows_to_wandb(wandb_env):
     table = json.loads(next(offline[0].glob("files/media/table/rows_*.table.json")).read_text())
     engine = table["columns"].index("engine")
     assert [r[engine] for r in table["data"]] == [r["engine"] for r in rows]
+
+
+def test_rows_for_the_repository_leaderboards_need_a_clean_tree(monkeypatch, capsys, tmp_path):
+    import zoo.runtime
+    from benchmarks import run as run_module
+
+    monkeypatch.setattr(zoo.runtime, "git_commit", lambda *a, **k: "0123456789ab+dirty")
+    argv = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--epochs", "1"]
+    argv += ["--out", str(tmp_path), "--leaderboard-dir", str(run_module._REPO_LEADERBOARDS), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "uncommitted changes" in err and "--allow-dirty" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+    cfg, _ = config_from_args([*argv, "--allow-dirty"])
+    run_module._check_provenance(cfg)  # told to: no error (the rows then carry the +dirty commit)
+    cfg, _ = config_from_args([*argv[:-5], "--leaderboard-dir", str(tmp_path / "lb")])
+    run_module._check_provenance(cfg)  # another folder is the user's business
+
+
+def test_config_hash_names_the_recipe_not_the_seeds_or_outputs():
+    base, _ = config_from_args(["--model", "paper_vgg", "--lr", "0.01"])
+    same, _ = config_from_args(["--model", "paper_vgg", "--lr", "0.01", "--seeds", "3,4", "--out", "elsewhere"])
+    other, _ = config_from_args(["--model", "paper_vgg", "--lr", "0.02"])
+    assert base.config_hash() == same.config_hash() != other.config_hash()
+    assert len(base.config_hash()) == 12
