@@ -18,9 +18,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo.runtime import ENV_COLUMNS, environment
+from zoo import runtime
+from zoo.runtime import ENV_COLUMNS
 
-__all__ = ["ENV_COLUMNS", "append_rows", "read_rows", "environment", "format_value", "record_rows"]
+__all__ = ["ENV_COLUMNS", "RESULT_FILES", "append_rows", "read_rows", "environment", "format_value", "record_rows"]
+
+# what runs append to and the renderer rewrites: changes there leave the code a row names unchanged
+RESULT_FILES = ("leaderboards/*.csv", "leaderboards/*.png", "leaderboards/README.md")
+
+
+def environment(device: Any = "cpu") -> dict[str, str]:
+    """`zoo.runtime.environment`, with a commit that is not `+dirty` for result files runs appended to."""
+    return runtime.environment(device, ignore=RESULT_FILES)
 
 
 def format_value(v: Any) -> str:

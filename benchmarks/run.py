@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from zoo import METHODS, TASKS, UserError
-from zoo.runtime import environment, resolve_device
+from zoo.runtime import resolve_device
 from zoo.train import OPTIMIZERS
 
 from .config import BENCHES, ENGINE_ORDER, NOISE_KINDS, WANDB_MODES, load_yaml, resolve
@@ -172,7 +172,9 @@ def _check_provenance(cfg) -> None:
         return
     from zoo.runtime import git_commit
 
-    commit = git_commit(_REPO_LEADERBOARDS)
+    from .results import RESULT_FILES
+
+    commit = git_commit(_REPO_LEADERBOARDS, ignore=RESULT_FILES)
     if commit and commit.endswith("+dirty"):
         raise UserError(
             f"the tree has uncommitted changes ({commit}): rows in {cfg.leaderboard_dir}/ must name a commit that "
@@ -227,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _runner
 
     _runner.install_sigint()
+    from .results import environment
+
     env = environment(resolve_device(cfg.device))
     bench = importlib.import_module(f".{cfg.bench}", __package__)  # accuracy, noise, throughput, pipeline, grow
     try:

@@ -15,6 +15,7 @@ import gc
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,23 +54,26 @@ def _git(*args: str, cwd: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def git_commit(path: str | os.PathLike | None = None, full: bool = False) -> str | None:
+def git_commit(path: str | os.PathLike | None = None, full: bool = False, ignore: Sequence[str] = ()) -> str | None:
     """The commit of the repository holding `path` (default: this package), with `+dirty` when tracked files
     differ from it. Outside a git checkout (an installed package, or a copy of a clean tree sent to another machine)
-    it is $DEINFOREG_COMMIT if the sender set it, else None."""
+    it is $DEINFOREG_COMMIT if the sender set it, else None. `ignore`: git pathspecs (relative to the repository
+    root) whose changes do not make the tree dirty, e.g. result files that runs append to."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = _git("rev-parse", "HEAD" if full else "--short=12", *([] if full else ["HEAD"]), cwd=cwd)
         if not commit:
             return os.environ.get("DEINFOREG_COMMIT") or None
-        dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+        exclude = [f":(top,exclude){p}" for p in ignore]
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *exclude, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
 
 
-def environment(device: str | torch.device = "cpu") -> dict[str, str]:
-    """The columns every result row records about where it ran: device name, torch version, commit, date."""
+def environment(device: str | torch.device = "cpu", ignore: Sequence[str] = ()) -> dict[str, str]:
+    """The columns every result row records about where it ran: device name, torch version, commit (`ignore`: see
+    `git_commit`), date."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -78,7 +82,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, str]:
     return {
         "device": name,
         "torch": torch.__version__,
-        "commit": git_commit() or "unknown",
+        "commit": git_commit(ignore=ignore) or "unknown",
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
