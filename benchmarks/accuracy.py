@@ -16,20 +16,12 @@ from typing import Any
 
 from ._runner import RunSpec, train_one
 from .config import RunConfig
-from .results import ENV_COLUMNS, append_rows
+from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, setup_columns
 
 __all__ = ["COLUMNS", "run", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
 
 COLUMNS = (
-    "bench",
-    "task",
-    "model",
-    "arch",
-    "model_kwargs",
-    "img_size",
-    "method",
-    "num_blocks",
-    "dataset",
+    *SETUP_COLUMNS,
     "train_size",
     "epochs",
     "batch_size",
@@ -133,15 +125,7 @@ def rows_from_results(
         depth = [r["adaptive_depth"] for r in rs if r["adaptive_depth"] is not None]
         rows.append(
             {
-                "bench": bench,
-                "task": cfg.task,
-                "model": model,
-                "arch": cfg.arch or "",
-                "model_kwargs": ";".join(f"{k}={v}" for k, v in sorted(cfg.model_kwargs.items())),
-                "img_size": cfg.img_size or "",
-                "method": method,
-                "num_blocks": rs[0]["num_blocks"],
-                "dataset": cfg.dataset,
+                **setup_columns(cfg, bench, model, method, rs[0]["num_blocks"]),
                 "train_size": rs[0]["train_size"],
                 "epochs": cfg.epochs,
                 "batch_size": cfg.batch_size,

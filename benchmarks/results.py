@@ -21,7 +21,36 @@ from typing import Any
 from zoo import runtime
 from zoo.runtime import ENV_COLUMNS
 
-__all__ = ["ENV_COLUMNS", "RESULT_FILES", "append_rows", "read_rows", "environment", "format_value", "record_rows"]
+__all__ = [
+    "ENV_COLUMNS",
+    "RESULT_FILES",
+    "SETUP_COLUMNS",
+    "setup_columns",
+    "append_rows",
+    "read_rows",
+    "environment",
+    "format_value",
+    "record_rows",
+]
+
+# the columns that name a row's setup, first in every bench's CSV (see `setup_columns`)
+SETUP_COLUMNS = ("bench", "task", "model", "arch", "model_kwargs", "img_size", "method", "num_blocks", "dataset")
+
+
+def setup_columns(cfg: Any, bench: str, model: str, method: str, num_blocks: int) -> dict[str, Any]:
+    """The values of `SETUP_COLUMNS` for one row of a run."""
+    return {
+        "bench": bench,
+        "task": cfg.task,
+        "model": model,
+        "arch": cfg.arch or "",
+        "model_kwargs": ";".join(f"{k}={v}" for k, v in sorted(cfg.model_kwargs.items())),
+        "img_size": cfg.img_size or "",
+        "method": method,
+        "num_blocks": num_blocks,
+        "dataset": cfg.dataset,
+    }
+
 
 # what runs append to and the renderer rewrites: changes there leave the code a row names unchanged
 RESULT_FILES = ("leaderboards/*.csv", "leaderboards/*.png", "leaderboards/README.md")

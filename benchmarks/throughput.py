@@ -21,20 +21,12 @@ from zoo.train import Trainer, seed_everything
 from ._runner import train_config
 from .build import batch_pool, build_model
 from .config import RunConfig
-from .results import ENV_COLUMNS, append_rows, record_rows
+from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, record_rows, setup_columns
 
 __all__ = ["COLUMNS", "run", "time_steps"]
 
 COLUMNS = (
-    "bench",
-    "task",
-    "model",
-    "arch",
-    "model_kwargs",
-    "img_size",
-    "method",
-    "num_blocks",
-    "dataset",
+    *SETUP_COLUMNS,
     "batch_size",
     "stages",
     "steps",
@@ -82,15 +74,7 @@ def run(
             med = statistics.median(times)
             rows.append(
                 {
-                    "bench": "throughput",
-                    "task": cfg.task,
-                    "model": model_name,
-                    "arch": cfg.arch or "",
-                    "model_kwargs": ";".join(f"{k}={v}" for k, v in sorted(cfg.model_kwargs.items())),
-                    "img_size": cfg.img_size or "",
-                    "method": method,
-                    "num_blocks": model.num_blocks,
-                    "dataset": cfg.dataset,
+                    **setup_columns(cfg, "throughput", model_name, method, model.num_blocks),
                     "batch_size": n,
                     "stages": 1,
                     "steps": cfg.steps,
