@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zoo
-from zoo._build import build_architecture
 from zoo.checkpoints import load_checkpoint, read_config, sha256_file
 from zoo.errors import CheckpointError, UserError
-from zoo.grow import _rebuild_kwargs, freeze, grow, refresh_optimizers, regrow
+from zoo.grow import freeze, grow, refresh_optimizers, regrow
 from zoo.heads import LOCAL_METHODS
 from zoo.train import Callback, Trainer
 
@@ -98,7 +97,7 @@ def _extended(cfg: RunConfig, scratch: bool) -> tuple[zoo.DecoupledModel, dict[s
     folder, config = parent_checkpoint(cfg.init_from)
     specs = parse_block_specs(cfg.add_blocks or [])
     if scratch:
-        model = build_architecture(**_rebuild_kwargs(config["model"]))
+        model = zoo.build_from_config(config["model"])
         if config.get("growth"):
             regrow(model, {**config["growth"], "frozen": [], "active": None})
     else:

@@ -1,6 +1,7 @@
 """DeInfoReg Zoo: decoupled supervised learning with information regularization for timm and SMP models."""
 
 from . import losses
+from ._build import build_from_config
 from ._factory import create_model, list_models, parse_model_kwargs
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .decoupled import Block, DecoupledModel, build_decoupled
@@ -21,6 +22,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "UserError",
     "build_decoupled",
+    "build_from_config",
     "create_model",
     "export",
     "freeze",

@@ -14,7 +14,10 @@ from .errors import UserError
 from .heads import check_method
 from .tasks import TASK_DEFAULTS, check_task
 
-__all__ = ["build_architecture", "list_architectures"]
+__all__ = ["build_architecture", "build_from_config", "list_architectures", "rebuild_kwargs"]
+
+# config keys that would fetch or read external weights when an architecture is rebuilt from a saved config
+_NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
 
 
 def build_architecture(
@@ -45,6 +48,20 @@ def build_architecture(
     from .adapters import smp as smp_adapter
 
     return smp_adapter.create(name, arch=arch or TASK_DEFAULTS["seg"]["arch"], method=method, **kwargs)
+
+
+def rebuild_kwargs(model_config: dict[str, Any]) -> dict[str, Any]:
+    """`build_architecture` keywords from a saved `model.config`, without those that would read or fetch weights."""
+    kw = {k: v for k, v in model_config.items() if k not in _NO_REBUILD_KEYS}
+    if "encoder_weights" in kw:
+        kw["encoder_weights"] = None  # weights come from the checkpoint; never download
+    return kw
+
+
+def build_from_config(model_config: dict[str, Any]) -> DecoupledModel:
+    """The architecture a saved `model.config` (a checkpoint's "model" section) describes, freshly initialised:
+    nothing is read or downloaded (load the weights afterwards)."""
+    return build_architecture(**rebuild_kwargs(model_config))
 
 
 def list_architectures(pattern: str | None = None, task: str | None = None) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ._build import build_architecture
+from ._build import build_from_config
 from ._files import CONFIG_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME, fsync_dir, sha256_file, staged, write_json
 from .decoupled import DecoupledModel
 from .errors import CheckpointError
@@ -47,7 +47,6 @@ __all__ = [
 FORMAT = "deinforeg-zoo"
 FORMAT_VERSION = 1
 # config keys that would fetch or read external weights when the architecture is rebuilt
-_NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -246,11 +245,8 @@ def load_checkpoint(
             f"class-count mismatch: checkpoint {folder.name} has {n} classes, {num_classes} were asked for"
         )
     tensors = _read_weights(folder, config)
-    kwargs = {k: v for k, v in config["model"].items() if k not in _NO_REBUILD_KEYS}
-    if "encoder_weights" in kwargs:
-        kwargs["encoder_weights"] = None  # the checkpoint carries every weight; never download
     try:
-        model = build_architecture(**kwargs)
+        model = build_from_config(config["model"])  # the checkpoint carries every weight; never download
         if config.get("growth"):
             regrow(model, config["growth"])
     except (ValueError, TypeError, KeyError, RuntimeError) as e:

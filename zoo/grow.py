@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ._build import build_architecture
+from ._build import build_architecture, rebuild_kwargs
 from .adapters._stages import eval_mode
 from .decoupled import Block, DecoupledModel
 from .errors import UserError
@@ -57,7 +57,6 @@ __all__ = ["GrowError", "KINDS", "freeze", "grow", "refresh_optimizers", "regrow
 KINDS = ("conv", "stages")
 _SPEC_KEYS = {"conv": {"kind", "width", "stride", "depth"}, "stages": {"kind", "stages", "name", "kwargs"}}
 # config keys that would read external weights when the parent is rebuilt (as zoo.checkpoints skips them)
-_NO_REBUILD_KEYS = ("pretrained_backbone", "pretrained", "checkpoint_path")
 
 
 class GrowError(UserError):
@@ -71,13 +70,6 @@ def _plain(obj: Any) -> Any:
         return json.loads(json.dumps(obj))
     except TypeError as e:
         raise GrowError(f"the growth record must be JSON-serialisable: {e}") from None
-
-
-def _rebuild_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    kw = {k: v for k, v in config.items() if k not in _NO_REBUILD_KEYS}
-    if "encoder_weights" in kw:
-        kw["encoder_weights"] = None  # weights come from the checkpoint; never download
-    return kw
 
 
 def _normalise(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +148,7 @@ def _conv_block(model: DecoupledModel, spec: dict[str, Any], shape: tuple[int, .
 def _source(model: DecoupledModel, parent: dict[str, Any], name: str | None, kwargs: dict[str, Any]):
     """The model whose blocks a stages spec takes: the parent architecture, or `name` built to fit this model."""
     if name is None:
-        return build_architecture(**{**_rebuild_kwargs(parent), **kwargs})
+        return build_architecture(**{**rebuild_kwargs(parent), **kwargs})
     keys = ("img_size", "projector", "head_kwargs", "in_channels", "arch", "ignore_index")
     kw = {k: parent[k] for k in keys if k in parent}
     if model.task == "seg":
@@ -301,10 +293,10 @@ def regrow(base: DecoupledModel | None, growth: dict[str, Any]) -> DecoupledMode
     if not isinstance(growth, dict) or growth.get("version") != 1:
         raise GrowError("not a growth record of version 1 (see zoo.grow's module docstring)")
     if base is None:
-        base = build_architecture(**_rebuild_kwargs(growth["parent"]))
+        base = build_architecture(**rebuild_kwargs(growth["parent"]))
     if base.growth is not None:
         raise GrowError("regrow needs a model as created: this one was already grown, frozen or set_active")
-    if _plain(_rebuild_kwargs(base.config)) != _plain(_rebuild_kwargs(growth["parent"])):
+    if _plain(rebuild_kwargs(base.config)) != _plain(rebuild_kwargs(growth["parent"])):
         raise GrowError("the base model's config is not the growth record's parent")
     if growth["keep"] is not None or growth["added"]:
         grow(base, growth["added"], keep=growth["keep"])
