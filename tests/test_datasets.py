@@ -373,3 +373,18 @@ def test_our_datasets_wins_over_an_installed_hf_datasets(tmp_path):
     assert out.returncode == 0, out.stderr
     path, ok = out.stdout.split()
     assert Path(path).resolve() == REPO / "datasets" / "__init__.py" and ok == "True"
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_noise_is_drawn_over_exactly_the_images_kept(rate):
+    """`limit` subsets before label noise: round(rate·limit) of the kept labels flip, the same subset every seed."""
+    a = datasets.create_dataset("digits", "train", image_size=8, limit=384, noise_rate=rate, noise_seed=1)
+    b = datasets.create_dataset("digits", "train", image_size=8, limit=384, noise_rate=rate, noise_seed=2)
+    assert len(a) == len(b) == 384
+    assert a.noise_audit["num_samples"] == 384 and a.noise_audit["num_flipped"] == round(rate * 384)
+    assert int((a.targets != a.clean_targets).sum()) == round(rate * 384)
+    assert torch.equal(a.clean_targets, b.clean_targets)  # the same images, whatever the noise seed
+    shapes = datasets.create_dataset("shapes", "train", image_size=16, limit=12)  # procedural: generates only those
+    assert len(shapes) == 12
+    with pytest.raises(DatasetError, match="limit"):
+        datasets.create_dataset("digits", "train", limit=0)
