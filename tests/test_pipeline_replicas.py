@@ -159,3 +159,20 @@ def test_a_grown_model_trains_in_the_pipeline_with_its_new_block_on_its_own_stag
         > 0
     )
     assert len(result.trainer_state["optimizers"]) == 1  # one trained block, as a Trainer of the grown model has
+
+
+def test_the_partitioner_cuts_finer_than_the_natural_stages_when_the_costs_call_for_it():
+    from zoo.pipeline.partition import choose_cuts
+
+    # two natural stages (e.g. of a ResNet) of 2 and 4 fine units (its residual blocks); the second one is costly
+    body = [1.0, 1.0, 1.5, 1.5, 1.5, 1.5]
+    natural = choose_cuts([2.0, 6.0], [0.1, 0.1], 2)  # cut only at the natural point: 2.1 | 6.1
+    assert natural.units_per_block == [1, 1] and natural.bottleneck_s == pytest.approx(6.1)
+    fine = choose_cuts(body, [0.1] * 6, 2)  # a cut inside the costly stage: 3.5 + 0.1 | 4.5 + 0.1
+    assert fine.units_per_block == [3, 3] and fine.bottleneck_s == pytest.approx(4.6)
+    assert fine.blocks_per_stage == [1, 1]  # extra blocks in a stage would only add heads
+    # a head there that costs more than the cut saves moves the cut to where a head is cheap: 5.0 + 0.1 | 3.0 + 0.1
+    dear = choose_cuts(body, [0.1, 0.1, 9.0, 0.1, 0.1, 0.1], 2)
+    assert dear.units_per_block == [4, 2] and dear.bottleneck_s == pytest.approx(5.1)
+    # balanced fine units: the even cut
+    assert choose_cuts([1.0] * 8, [0.1] * 8, 2).units_per_block == [4, 4]
