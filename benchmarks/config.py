@@ -85,6 +85,9 @@ class RunConfig:
     repeats: int = 1  # pipeline: measure every engine this many times, interleaved; rows give medians
     partition: list[int] | None = None  # pipeline: blocks per stage (None: profile and balance)
     pin_cpu: bool = True  # pipeline on CPU: give each stage process its own core
+    replicas: int = 1  # pipeline: processes per stage (data replicas), each on a 1/replicas shard of every batch
+    replica_loss: str = "global"  # pipeline: global (loss and BatchNorm over the stage's batch) | shard (per replica)
+    oversubscribe: bool = False  # pipeline: allow more processes than devices (GPUs, or cores on CPU)
     bandwidth_gbps: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # pipeline: scaling-model links
     plot: bool = True  # pipeline: plot the scaling model into the leaderboard folder
     # grow (benchmarks/_growth.py): block k+1 joins at epoch grow_at[k-1]; compared with all blocks from the start
@@ -219,7 +222,7 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         val = getattr(cfg, name)
         if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
-    for name in ("stages", "steps", "repeats"):
+    for name in ("stages", "steps", "repeats", "replicas"):
         val = getattr(cfg, name)
         if not isinstance(val, int) or val < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {val!r}")
@@ -229,6 +232,7 @@ def resolve(values: dict[str, Any]) -> RunConfig:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     for e in cfg.engines:
         _choice(e, ENGINE_ORDER, "engines")
+    _choice(cfg.replica_loss, ("global", "shard"), "replica_loss")
     if cfg.partition is not None and min(cfg.partition, default=0) < 1:
         raise UserError(f"--partition must be positive block counts per stage, got {cfg.partition}")
     if cfg.bench != "pipeline" and cfg.stages != FIELDS["stages"].default:

@@ -30,6 +30,7 @@ import torch
 
 from zoo import LOCAL_METHODS, UserError
 from zoo.pipeline import Batches, Builder, PipelineConfig, check_micro_batches, launch, run_single, shares_gpu
+from zoo.pipeline.launch import local_devices
 from zoo.pipeline.partition import balanced_split, stage_slices
 from zoo.runtime import resolve_device
 from zoo.train import TrainConfig
@@ -116,6 +117,8 @@ def _run_engine(engine: str, method: str, pc: PipelineConfig, builder: Builder, 
     if engine == "bp-single-mb":
         return _run_single(pc, builder, _split(batches, pc.micro_batches), "bp")
     pipe = "deinforeg" if engine == "deinforeg-pipe" else engine
+    if pipe != "deinforeg":
+        pc = replace(pc, replicas=1)  # torch.distributed.pipelining runs one process per stage
     res = launch(replace(pc, engine=pipe, method=method if pipe == "deinforeg" else pc.method), builder, batches)
     return {"stages": res.stages, "partition": res.partition, "predicted_s": res.predicted_s, "profile": res.profile}
 
@@ -250,6 +253,9 @@ def _pipeline_config(cfg: RunConfig) -> PipelineConfig:
         device=device.type,
         threads=cfg.threads or 1,  # one CPU stage process on `threads` cores stands for one device
         pin_cpu=cfg.pin_cpu,
+        replicas=cfg.replicas,
+        replica_loss=cfg.replica_loss,
+        oversubscribe=cfg.oversubscribe,
     )
 
 
@@ -309,6 +315,11 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += "activations sent through the CPU (gloo); a stage's compute is slowed by the others on its GPU"
     else:
         note = f"gpu: one GPU per stage ({torch.cuda.get_device_name()})"
+    if pc.replicas > 1:
+        n, _ = local_devices(pc)
+        note += f"; deinforeg-pipe runs {s} stages × {pc.replicas} replicas ({pc.replica_loss} loss)"
+        if s * pc.replicas > n:
+            note += f", {s * pc.replicas} processes on {n} device(s): oversubscribed, a correctness run, not a speed"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
     log(

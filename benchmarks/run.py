@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
       "medians (default: 1)")  # fmt: skip
     a("--partition", metavar="LIST", help="pipeline: blocks per stage, e.g. 3,1 (default: profile and balance)")
     a("--no-pin", dest="pin_cpu", action="store_false", help="pipeline on CPU: let the OS move stage processes")
+    a("--replicas", type=int, metavar="R", help="pipeline: processes per stage, each on a 1/R shard of the batch, "
+      "gradients all-reduced within the stage (default: 1)")  # fmt: skip
+    a("--replica-loss", choices=("global", "shard"), help="pipeline with --replicas: local loss and BatchNorm over "
+      "the stage's whole batch (global, = one process) or per replica (shard, cheaper) (default: global)")  # fmt: skip
+    a("--oversubscribe", action="store_true", help="pipeline: allow more processes than GPUs (or CPU cores)")
     a("--bandwidth-gbps", metavar="LIST", help="pipeline: links for the scaling model (default: 0.1,1,10)")
     a("--no-plot", dest="plot", action="store_false", help="pipeline: no scaling-model plot")
     a("--grow-at", metavar="LIST", help="grow: block k+1 joins at epoch E_k, e.g. 1,2,3 for 4 blocks (block 1 trains "

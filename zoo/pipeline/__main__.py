@@ -3,6 +3,7 @@
     python -m zoo.pipeline --model resnet18 --stages 2 --steps 100 --checkpoint runs/resnet18_pipe
     python -m zoo.pipeline --model resnet18 --batches mypkg.data:train_batches     # your data: f(batch_size, seed)
     torchrun --nproc-per-node 2 -m zoo.pipeline --model resnet18 --steps 100      # one or many machines
+    python -m zoo.pipeline --model resnet18 --stages 2 --replicas 2                # 2 stages × 2 data replicas
 
 The model is built with zoo.create_model; the data is random tensors (`--batches synthetic`) or the (x, y) batches a
 function of yours returns (`--batches module:function`, called as function(batch_size=..., seed=...)), cycled.
@@ -22,6 +23,7 @@ from .._factory import create_model, parse_model_kwargs
 from ..errors import UserError
 from ..tasks import TASKS
 from ..train import OPTIMIZERS, TrainConfig
+from ._replica import REPLICA_LOSSES
 from .engine import ENGINES, Batches, Builder, PipelineConfig, synthetic_batches
 from .launch import PipelineError, in_torchrun, launch
 
@@ -43,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--method", default="deinforeg", help="local method (deinforeg, greedy, scpl)")
     a("--engine", default="deinforeg", choices=ENGINES, help="deinforeg: decoupled schedule; gpipe/1f1b: BP")
     a("--stages", type=int, default=None, help="stage processes to spawn (default 2; under torchrun: its world size)")
+    a("--replicas", type=int, default=1, help="processes per stage, each on a 1/replicas shard of every batch")
+    a(
+        "--replica-loss",
+        default="global",
+        choices=REPLICA_LOSSES,
+        help="global: local loss and BatchNorm over the stage's whole batch; shard: per replica (cheaper)",
+    )
+    a("--oversubscribe", action="store_true", help="allow more processes than GPUs (or cores / --threads)")
     a("--partition", default=None, help="blocks per stage, e.g. 3,1 (default: profile and balance)")
     a("--batches", default="synthetic", help="synthetic | module:function returning a list of (x, y)")
     a("--batch-size", type=int, default=64)
@@ -107,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine=ns.engine,
             method=ns.method,
             stages=ns.stages if ns.stages is not None or in_torchrun() else 2,
+            replicas=ns.replicas,
+            replica_loss=ns.replica_loss,
+            oversubscribe=ns.oversubscribe,
             partition=_partition(ns.partition),
             steps=ns.steps,
             warmup_steps=ns.warmup,

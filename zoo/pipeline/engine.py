@@ -28,6 +28,7 @@ from ..heads import LOCAL_METHODS
 from ..runtime import PeakMemory
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
 from ._comm import DATA, Link, Watchdog
+from ._replica import average_buffers, average_grads, gather_losses, sync_bn
 from .partition import stage_slices
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Batches",
     "Builder",
     "PipelineConfig",
+    "Replicas",
     "batch_size_of",
     "build",
     "pin_cpu",
@@ -58,7 +60,10 @@ class PipelineConfig:
 
     engine: str = "deinforeg"  # deinforeg (decoupled schedule, any local method) | gpipe | 1f1b (BP, pipelining)
     method: str = "deinforeg"  # local method of the decoupled engine (deinforeg | greedy | scpl)
-    stages: int | None = 2  # None: the launcher's world size
+    stages: int | None = 2  # None: the launcher's world size (divided by `replicas`)
+    replicas: int = 1  # processes per stage, each on a 1/replicas shard of every batch (gradients all-reduced)
+    replica_loss: str = "global"  # global: loss and BatchNorm over the stage's whole batch | shard: per replica
+    oversubscribe: bool = False  # allow more local processes than devices (GPUs, or cores / threads on CPU)
     partition: list[int] | None = None  # blocks per stage; None: profile and balance
     steps: int = 20  # optimizer steps per stage (one per batch)
     warmup_steps: int = 3  # steps left out of the throughput window
@@ -144,36 +149,86 @@ def _window(ends: list[float], warmup: int) -> tuple[float, int]:
 
 
 # -- decoupled schedule ------------------------------------------------------------------------------------------
+@dataclass
+class Replicas:
+    """This process's place among a stage's replicas: global rank = stage · count + index; `group` is the stage's
+    data-parallel process group (None without replicas)."""
+
+    index: int = 0
+    count: int = 1
+    group: Any = None
+    loss: str = "global"
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.count == 1 else t.chunk(self.count)[self.index]
+
+
+def _update(losses, opts, lrs, groups, grad_clip, rep: Replicas) -> None:
+    """zoo.train.update, with the gradients averaged over the stage's replicas between backward and step."""
+    if rep.count == 1:
+        update(losses, opts, lrs, groups, grad_clip)
+        return
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    torch.stack([loss.float() for loss in losses]).sum().backward()
+    average_grads([p for g in groups for p in g], rep.group, rep.count)
+    if grad_clip:
+        for group in groups:
+            torch.nn.utils.clip_grad_norm_(group, grad_clip)
+    for o, s in zip(opts, lrs):
+        o.step()
+        s.step()
+
+
 def stage_decoupled(
-    cfg: PipelineConfig, builder: Builder, batches: Batches, rank: int, world: int, sizes: list[int], link: Link
+    cfg: PipelineConfig,
+    builder: Builder,
+    batches: Batches,
+    rank: int,
+    world: int,
+    sizes: list[int],
+    link: Link,
+    rep: Replicas | None = None,
 ) -> dict[str, Any]:
-    """Train this stage's blocks with the decoupled schedule; returns its statistics and final state."""
+    """Train stage `rank` of `world` stages with the decoupled schedule (as replica `rep.index` of its stage when
+    stages are replicated); returns its statistics and final state. Frozen blocks (zoo.grow) run forward only."""
     if cfg.method not in LOCAL_METHODS:
         raise ValueError(f"the decoupled engine needs a local method ({', '.join(LOCAL_METHODS)}), got {cfg.method!r}")
+    rep = rep or Replicas()
     device = link.device
     model = build(cfg, builder)
     optims, scheds = build_optimizers(model, replace(cfg.train, per_block=True), cfg.steps)
     mine = stage_slices(sizes)[rank]
+    # optimizers and parameter groups exist for the trained blocks only (frozen ones have none)
+    index = {k: i for i, k in enumerate(model.trained_blocks())}
+    trained = [k for k in mine if k in index]
     blocks = [model.blocks[k].to(device).train() for k in mine]
-    opts, lrs = [optims[k] for k in mine], [scheds[k] for k in mine]
-    groups = [model.param_groups()[k] for k in mine]
+    opts, lrs = [optims[index[k]] for k in trained], [scheds[index[k]] for k in trained]
+    groups = [model.param_groups()[index[k]] for k in trained]
+    if rep.count > 1 and rep.loss == "global":
+        for b in blocks:
+            sync_bn(b, rep.group)
+            if b.head is not None and hasattr(b.head, "_combine"):
+                gather_losses(b.head, rep.group)
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
     method = model.method
     rng_seed = torch.initial_seed()  # build() seeded cfg.seed: the same base as a single-process Trainer's
     del model, optims, scheds  # keep only this stage's blocks
     first, last = rank == 0, rank == world - 1
+    prev, nxt = (rank - 1) * rep.count + rep.index, (rank + 1) * rep.count + rep.index  # global ranks
     source = _cycle(batches, cfg.steps) if first else None
     mem = PeakMemory(device).start()
     wd = link.watchdog
     compute, ends = [], []
     for t in range(cfg.steps):
         _mark(wd, f"computing step {t}")
-        _fault(cfg, rank, t)
+        _fault(cfg, rank * rep.count + rep.index, t)
         if first:
             x, y = next(source)
+            x, y = rep.shard(x), rep.shard(y)
             feats, y = [x.to(device, non_blocking=True)], y.to(device, non_blocking=True)
         else:
-            msg = link.recv(rank - 1, f"micro-batch {t}")
+            msg = link.recv(prev, f"micro-batch {t}")
             if msg.kind != DATA or msg.step != t:
                 raise RuntimeError(f"stage {rank}: expected micro-batch {t}, got kind {msg.kind} step {msg.step}")
             feats, y = list(msg.tensors[:-1]), msg.tensors[-1]
@@ -181,11 +236,15 @@ def stage_decoupled(
         losses = []
         for k, block in zip(mine, blocks):
             # the same forward, on the same RNG stream, as block k's in a single-process Trainer step
-            loss = forward_block(block, k, feats, y, (rng_seed, t))[0]
+            res = forward_block(block, k, feats, y, (rng_seed, t))
+            if res is None:  # frozen (forward only) or without a head
+                continue
+            loss = res[0]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(k, method, t, float(loss))
             losses.append(loss)
-        update(losses, opts, lrs, groups, cfg.train.grad_clip)
+        if losses:
+            _update(losses, opts, lrs, groups, cfg.train.grad_clip, rep)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute.append(time.perf_counter() - t0)
@@ -193,18 +252,24 @@ def stage_decoupled(
             wd.step_done(compute[-1])
         if not last:
             out = feats if skips_out else feats[-1:]
-            link.send(rank + 1, DATA, t, [f.detach() for f in out] + [y])
+            link.send(nxt, DATA, t, [f.detach() for f in out] + [y])
         ends.append(time.perf_counter())
     # The window ends when the last send is issued, as it starts: in steady state a stage is always up to
     # `max_in_flight` sends ahead of its successor, so timing the final flush would charge it that many extra steps.
     link.flush()
     _mark(wd, None)  # gathering the final state is not a training step
+    if rep.count > 1 and rep.loss == "shard":
+        for b in blocks:
+            average_buffers(b, rep.group, rep.count)  # each replica's BatchNorm saw only its shard
     stats = _stage_stats(cfg, rank, "deinforeg", batch_size_of(batches), compute, ends, link, mem)
+    stats.update(stage=rank, replica=rep.index)
+    if rep.index > 0:  # every replica holds the same weights: replica 0 reports them
+        return stats
     return stats | {
         "blocks": list(mine),
         "state": {k: b.state_dict() for k, b in zip(mine, blocks)},
-        "optimizers": {k: o.state_dict() for k, o in zip(mine, opts)},
-        "schedulers": {k: s.state_dict() for k, s in zip(mine, lrs)},
+        "optimizers": {k: o.state_dict() for k, o in zip(trained, opts)},
+        "schedulers": {k: s.state_dict() for k, s in zip(trained, lrs)},
     }
 
 

@@ -32,11 +32,13 @@ from ..decoupled import DecoupledModel
 from ..errors import UserError
 from ..heads import LOCAL_METHODS
 from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
+from ._replica import REPLICA_LOSSES
 from .engine import (
     ENGINES,
     Batches,
     Builder,
     PipelineConfig,
+    Replicas,
     batch_size_of,
     build,
     pack,
@@ -56,6 +58,7 @@ __all__ = [
     "check_config",
     "check_batches",
     "check_micro_batches",
+    "check_devices",
 ]
 
 
@@ -93,8 +96,9 @@ def check_config(
     world: int | None = None,
     model: DecoupledModel | None = None,
     batch_size: int | None = None,
+    devices: bool = True,
 ) -> None:
-    """One clear error per wrong launch."""
+    """One clear error per wrong launch (`devices`: also processes against this machine's devices)."""
     if cfg.engine not in ENGINES:
         raise LaunchError(f"unknown engine {cfg.engine!r}; valid choices: {', '.join(ENGINES)}")
     if cfg.engine == "deinforeg" and cfg.method not in LOCAL_METHODS:
@@ -102,12 +106,25 @@ def check_config(
             f"the decoupled engine trains a local method; valid choices: {', '.join(LOCAL_METHODS)} "
             f"(got {cfg.method!r}; BP runs with engine gpipe or 1f1b)"
         )
-    if world is not None and cfg.stages is not None and cfg.stages != world:
+    r = cfg.replicas
+    if r < 1:
+        raise LaunchError(f"--replicas must be at least 1, got {r}")
+    if cfg.replica_loss not in REPLICA_LOSSES:
+        raise LaunchError(f"unknown replica loss {cfg.replica_loss!r}; valid choices: {', '.join(REPLICA_LOSSES)}")
+    if r > 1 and cfg.engine != "deinforeg":
+        raise LaunchError(f"--replicas {r} replicates the decoupled engine's stages; {cfg.engine} runs one per stage")
+    if world is not None and world % r:
         raise LaunchError(
-            f"--stages {cfg.stages} does not match the world size {world} torchrun started; "
-            f"use --nproc-per-node {cfg.stages} (times the number of nodes) or drop --stages"
+            f"--replicas {r} does not divide the world size {world} torchrun started; "
+            f"start stages × {r} processes (--nproc-per-node times the number of nodes)"
         )
-    stages = cfg.stages if world is None else world
+    if world is not None and cfg.stages is not None and cfg.stages * r != world:
+        procs = f"{cfg.stages} × {r} replicas = {cfg.stages * r} processes" if r > 1 else str(cfg.stages)
+        raise LaunchError(
+            f"--stages {procs} does not match the world size {world} torchrun started; "
+            f"use --nproc-per-node {cfg.stages * r} (times the number of nodes) or drop --stages"
+        )
+    stages = cfg.stages if world is None else world // r
     if stages is None or stages < 1:
         raise LaunchError(f"the number of stages must be at least 1, got {stages}")
     if cfg.steps <= cfg.warmup_steps:
@@ -127,11 +144,42 @@ def check_config(
             )
     if cfg.engine != "deinforeg" and batch_size is not None:
         check_micro_batches(batch_size, cfg.micro_batches)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", stages))
+    if batch_size is not None and batch_size % r:
+        divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
+        raise LaunchError(
+            f"batch_size={batch_size} is not divisible by --replicas {r}: each replica takes an equal shard; "
+            f"valid choices: {', '.join(map(str, divisors))}"
+        )
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", stages * r))
+    if devices:
+        check_devices(cfg, local_world)
+    if r > 1 and shares_gpu(cfg, local_world):
+        raise LaunchError(
+            f"--replicas {r}: {local_world} processes would share {torch.cuda.device_count()} GPU(s) through CPU "
+            f"gloo, which replicated stages do not support; give each process its own GPU"
+        )
     if cfg.engine != "deinforeg" and shares_gpu(cfg, local_world):
         raise LaunchError(
             f"{cfg.engine} (torch.distributed.pipelining) needs one GPU per stage for NCCL; {local_world} stages "
             f"would share {torch.cuda.device_count()} GPU(s) here"
+        )
+
+
+def local_devices(cfg: PipelineConfig) -> tuple[int, str]:
+    """How many processes this machine can run one per device: (count, what they are)."""
+    if cfg.device.startswith("cuda"):
+        return torch.cuda.device_count(), "GPU(s)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores // max(1, cfg.threads), f"CPU core(s) / {cfg.threads} thread(s) per process"
+
+
+def check_devices(cfg: PipelineConfig, local_world: int) -> None:
+    """More local processes than devices time-share them: the figures mean nothing unless the user asked for it."""
+    n, what = local_devices(cfg)
+    if local_world > n and not cfg.oversubscribe:
+        raise LaunchError(
+            f"{local_world} processes on this machine but only {n} {what}: they would share devices; "
+            f"use fewer --stages/--replicas/--threads or pass --oversubscribe"
         )
 
 
@@ -203,7 +251,7 @@ def _decide_partition(
             time.sleep(0.05)
         return json.loads(store.get("partition"))
     model = build(cfg, builder)
-    check_config(cfg, None, model)
+    check_config(cfg, None, model, devices=False)  # this process may be pinned to its own cores already
     if cfg.partition is not None:
         info = {"sizes": list(cfg.partition), "predicted_s": None, "profile": None}
     else:
@@ -271,12 +319,15 @@ def _stage_main(
     )
     wd.start()
     try:
-        info = _decide_partition(cfg, builder, batches, store, rank, world, wd)
+        n_rep = cfg.replicas
+        stages, stage = world // n_rep, rank // n_rep
+        rep = Replicas(rank % n_rep, n_rep, _data_group(device, stages, n_rep), cfg.replica_loss)
+        info = _decide_partition(cfg, builder, batches, store, rank, stages, wd)
         sizes = info["sizes"]
         comm = torch.device("cpu") if shared else device
         link = Link(rank, wd, device, cfg.timeout_s, cfg.max_in_flight, comm_device=comm)
         if cfg.engine == "deinforeg":
-            out = stage_decoupled(cfg, builder, batches, rank, world, sizes, link)
+            out = stage_decoupled(cfg, builder, batches, stage, stages, sizes, link, rep)
         else:
             out = stage_bp(cfg, builder, batches, rank, world, sizes, device, wd)
         _log(cfg, rank, f"done: {out['compute_s_per_step'] * 1e3:.1f} ms compute/step, busy {out['busy']:.0%}")
@@ -301,6 +352,17 @@ def _stage_main(
         wd.stop()
 
 
+def _data_group(device: torch.device, stages: int, replicas: int):
+    """The stage's data-parallel group: the `data` dimension of a (pipe, data) DeviceMesh over every process
+    (global rank = stage · replicas + replica). None without replicas."""
+    if replicas == 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (stages, replicas), mesh_dim_names=("pipe", "data"))
+    return mesh.get_group("data")
+
+
 def _assemble(cfg: PipelineConfig, builder: Builder, outs: list[dict[str, Any]], info: dict) -> PipelineResult:
     model = build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None)
     opt_states, sched_states = {}, {}
@@ -309,10 +371,10 @@ def _assemble(cfg: PipelineConfig, builder: Builder, outs: list[dict[str, Any]],
             model.blocks[k].load_state_dict(sd)
         opt_states.update(o.pop("optimizers", {}))
         sched_states.update(o.pop("schedulers", {}))
-    n = model.num_blocks
+    trained = model.trained_blocks()  # a Trainer's optimizers are indexed by these (frozen blocks have none)
     trainer_state = {
-        "optimizers": [opt_states[k] for k in range(n)] if len(opt_states) == n else [],
-        "schedulers": [sched_states[k] for k in range(n)] if len(sched_states) == n else [],
+        "optimizers": [opt_states[k] for k in trained] if set(opt_states) == set(trained) else [],
+        "schedulers": [sched_states[k] for k in trained] if set(sched_states) == set(trained) else [],
         "step": cfg.steps,
         "epoch": 0,
         "rng_seed": cfg.seed,  # the per-block RNG streams' base (build() seeds cfg.seed in every stage)
@@ -399,8 +461,8 @@ def launch(cfg: PipelineConfig, builder: Builder, batches: Batches) -> PipelineR
 
 def _launch_torchrun(cfg: PipelineConfig, builder: Builder, batches: Batches, batch_size: int) -> PipelineResult | None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    check_config(cfg, world, None, batch_size)
-    cfg = replace(cfg, stages=world)
+    check_config(cfg, world, None, batch_size, devices=False)
+    cfg = replace(cfg, stages=world // cfg.replicas)
     # every rank checks the model before joining: a wrong model or launch is a clear error on each, not a hang
     check_config(cfg, None, build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None), batch_size)
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
@@ -424,11 +486,11 @@ def _launch_torchrun(cfg: PipelineConfig, builder: Builder, batches: Batches, ba
 def _launch_spawn(cfg: PipelineConfig, builder: Builder, batches: Batches, batch_size: int) -> PipelineResult:
     import multiprocessing as mp
 
-    check_config(cfg, None, None, batch_size)
+    check_config(cfg, None, None, batch_size, devices=False)  # the model's errors first, then the devices'
     model = build(cfg, builder, "bp" if cfg.engine != "deinforeg" else None)
     check_config(cfg, None, model, batch_size)
     del model
-    world = int(cfg.stages)
+    world = int(cfg.stages) * cfg.replicas
     if cfg.port is not None:
         _check_port(cfg.host, cfg.port)
     store = connect_store(cfg.host, cfg.port or 0, cfg.timeout_s, is_master=True)

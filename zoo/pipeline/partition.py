@@ -20,7 +20,16 @@ import torch.nn as nn
 from ..decoupled import DecoupledModel
 from ..train import TrainConfig, build_optimizers
 
-__all__ = ["UnitProfile", "Partition", "profile_units", "partition_units", "balanced_split", "stage_slices"]
+__all__ = [
+    "BlockCuts",
+    "UnitProfile",
+    "Partition",
+    "balanced_split",
+    "choose_cuts",
+    "partition_units",
+    "profile_units",
+    "stage_slices",
+]
 
 
 @dataclass
@@ -193,3 +202,60 @@ def partition_units(profiles: Sequence[UnitProfile], stages: int, bandwidth_byte
         pred.append(t)
         mem.append(sum(profiles[i].param_bytes + profiles[i].activation_bytes for i in r))
     return Partition(sizes, pred, mem)
+
+
+@dataclass
+class BlockCuts:
+    """Where to cut a model's fine units (e.g. every residual block) into decoupled blocks, and their stages."""
+
+    units_per_block: list[int]  # fine units merged into each block (one local head at the end of each)
+    blocks_per_stage: list[int]
+    predicted_s: list[float]  # per stage: its units' bodies + its blocks' heads + sending its output
+
+    @property
+    def bottleneck_s(self) -> float:
+        return max(self.predicted_s)
+
+
+def choose_cuts(
+    body_s: Sequence[float], head_s: Sequence[float], stages: int, link: Sequence[float] | None = None
+) -> BlockCuts:
+    """Choose how many decoupled blocks to cut `len(body_s)` fine units into, and where, minimising the slowest of
+    `stages` stages. `body_s[i]` is unit i's training step without a head, `head_s[i]` the cost of a local head
+    placed after unit i (paid only where a block ends), `link[i]` sending unit i's output to the next stage.
+
+    A stage must end where a block ends, and every extra block inside a stage only adds a head, so the fastest
+    choice has one block per stage, cut at whichever unit boundaries balance the stages best: the natural cut
+    points when they are balanced, finer ones inside a costly natural stage when that pays for the extra head.
+    (More blocks than stages buy more local supervision, not speed: give them with `create_model(num_blocks=...)`.)
+    """
+    n = len(body_s)
+    if len(head_s) != n:
+        raise ValueError(f"{n} unit costs but {len(head_s)} head costs")
+    if not 1 <= stages <= n:
+        raise ValueError(f"cannot cut {n} units into {stages} stages (each stage needs at least one unit)")
+    link = list(link) if link is not None else [0.0] * n
+    # a stage of units i..j-1 is one block: its bodies, one head at j-1, and its output's link (not the last stage)
+    costs = [float(b) for b in body_s]
+    ends = [float(h) + (link[i] if i < n - 1 else 0.0) for i, h in enumerate(head_s)]
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, stages + 1):
+        for j in range(s, n + 1):
+            for i in range(s - 1, j):
+                v = max(best[s - 1][i], prefix[j] - prefix[i] + ends[j - 1])
+                if v < best[s][j] - 1e-12:
+                    best[s][j], cut[s][j] = v, i
+    sizes, j = [], n
+    for s in range(stages, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    sizes = sizes[::-1]
+    pred = [prefix[r[-1] + 1] - prefix[r[0]] + ends[r[-1]] for r in stage_slices(sizes)]
+    return BlockCuts(sizes, [1] * stages, pred)
