@@ -17,7 +17,7 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --model resnet18 --epochs 8 --grow-at 2,4,6 --freeze-overtaken --seeds 0,1,2 --threads 1 --wandb disabled
 "$PY" -m benchmarks.run --init-from resnet18.deinforeg_digits --add-blocks conv:128:1 --epochs 8 --seeds 0,1,2 --threads 1 --wandb disabled
 # GPU rows (leaderboards/logs/h200_*.txt): on a CUDA machine
-# "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --bandwidth-gbps 10,100,400,3600 --model resnet50 --task cls --img-size 224 --batch-size 64
-# "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --bandwidth-gbps 10,100,400,3600 --model resnet50 --task seg --img-size 256 --batch-size 16
+# "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task cls --img-size 224 --batch-size 64
+# "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task seg --img-size 256 --batch-size 16
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render

@@ -12,18 +12,9 @@ process builds its own copy from the same seed) and a sequence of (x, y) batches
 """
 
 from ._comm import PeerFailure
+from .checks import LaunchError, check_batches, check_config, check_micro_batches, local_devices, shares_gpu
 from .engine import ENGINES, Batches, Builder, PipelineConfig, build, run_single, synthetic_batches
-from .launch import (
-    LaunchError,
-    PipelineError,
-    PipelineResult,
-    check_batches,
-    check_config,
-    check_micro_batches,
-    in_torchrun,
-    launch,
-    shares_gpu,
-)
+from .launch import PipelineError, PipelineResult, in_torchrun, launch
 from .partition import Partition, UnitProfile, balanced_split, partition_units, profile_units, stage_slices
 
 __all__ = [
@@ -44,6 +35,7 @@ __all__ = [
     "check_micro_batches",
     "in_torchrun",
     "launch",
+    "local_devices",
     "partition_units",
     "profile_units",
     "run_single",
