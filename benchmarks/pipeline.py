@@ -1,5 +1,5 @@
 """Multi-device pipeline throughput: decoupled pipelines (DeInfoReg, greedy, SCPL) against single-device BP and
-BP over GPipe / 1F1B. The `pipeline` bench of the harness:
+BP over torch.distributed.pipelining (GPipe, 1F1B and the zero-bubble schedules). The `pipeline` bench of the harness:
 
     python -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --methods deinforeg,scpl
 
@@ -8,6 +8,10 @@ Engines, all on the same model, data, batch and partition, measured one after an
   deinforeg-single  the local method in one process, blocks one after another (isolates the pipeline's own gain)
   deinforeg-pipe    the decoupled pipeline, one process per stage (zoo.pipeline)
   gpipe, 1f1b       BP over the same stages with torch.distributed.pipelining, `--micro-batches` per batch
+  zb-interleaved    BP, zero-bubble schedules (ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble,
+  zbv, dualpipev    ScheduleDualPipeV): each rank's blocks halved into 2 pipeline stages, placed looped or V;
+                    one that cannot run here (too few blocks per stage, too few micro-batches, a torch error) is
+                    skipped with one line saying why, and the others run on
   bp-single-mb      single-process BP at the micro-batch size (what micro-batching alone costs GPipe / 1F1B)
 The two decoupled engines run once for each local method of `--methods` (the rows' `method` column); the BP engines
 are the reference. On CPU every stage process is pinned to `--threads` threads (default 1) and stands for one device;
@@ -33,6 +37,7 @@ from zoo.pipeline import (
     Batches,
     Builder,
     PipelineConfig,
+    PipelineError,
     check_micro_batches,
     launch,
     local_devices,
@@ -50,8 +55,9 @@ from .results import append_rows, record_rows
 __all__ = ["COLUMNS", "POOL_BATCHES", "run", "scaling_model", "gpipe_bound"]
 
 DECOUPLED = ("deinforeg-single", "deinforeg-pipe")  # run once per local method
-MICRO_ENGINES = ("gpipe", "1f1b", "bp-single-mb")  # run once per micro-batch count
-PIPELINING = ("gpipe", "1f1b")
+ZERO_BUBBLE = ("zb-interleaved", "zbv", "dualpipev")  # skipped, with the reason, where they cannot run
+PIPELINING = ("gpipe", "1f1b", *ZERO_BUBBLE)  # BP over torch.distributed.pipelining; the best is the baseline
+MICRO_ENGINES = (*PIPELINING, "bp-single-mb")  # run once per micro-batch count
 POOL_BATCHES = 8  # real training batches held in memory and cycled (data loading is not what we measure)
 COLUMNS = [
     "model",
@@ -112,6 +118,14 @@ def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method:
     if status != "ok":
         raise RuntimeError(f"{method}-single failed: {value}")
     return {"stages": [value], "partition": None, "predicted_s": None, "profile": None}
+
+
+def _gist(e: BaseException) -> str:
+    """One line saying why a pipeline could not run: the failing stage's exception, without the launcher's wrapping
+    and the exit summary."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = text.removeprefix("pipeline failed: ")
+    return text.split(" (stage 0 ")[0] if " (stage 0 " in text else text
 
 
 def _split(batches: Batches, m: int) -> list:
@@ -263,15 +277,28 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
     )
     log(note)
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in plan}
+    skipped: dict[str, str] = {}
     for rep in range(cfg.repeats):
         for label, engine, method, m in plan:
-            out = _run_engine(engine, method, replace(pc, micro_batches=m) if m else pc, builder, batches)
+            if label in skipped:
+                continue
+            try:
+                out = _run_engine(engine, method, replace(pc, micro_batches=m) if m else pc, builder, batches)
+            except (UserError, PipelineError) as e:
+                if engine not in ZERO_BUBBLE:
+                    raise
+                skipped[label] = _gist(e)
+                results.pop(label)
+                log(f"  [{rep + 1}/{cfg.repeats}] {label}: not run here: {skipped[label]}")
+                continue
             if out["partition"] is not None and pc.partition is None:
                 pc = replace(pc, partition=out["partition"])  # every later engine runs on the same stages
             results[label].append(out | {"engine": engine, "method": method, "m": m})
             log(f"  [{rep + 1}/{cfg.repeats}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s")
     summ = _summaries(results)
     rows = _report(cfg, pc, summ, note, run_id, env, model, b, img, log)
+    for label, why in skipped.items():
+        log(f"{label}: not run ({why})")
     path = Path(cfg.leaderboard_dir) / f"throughput_pipeline_{cfg.task}_{cfg.dataset}.csv"
     append_rows(path, rows, COLUMNS)
     log(f"rows → {path}")
@@ -287,7 +314,7 @@ def _report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[s
     best_pipe_bp = pipe_bp[best] if best else None
     rows = []
     log(
-        f"\n{'engine':26s} {'samples/s':>10s} {'×BP':>6s} {'×GPipe/1F1B':>11s}  busy/stage   peak MiB/stage  "
+        f"\n{'engine':26s} {'samples/s':>10s} {'×BP':>6s} {'×best pp BP':>11s}  busy/stage   peak MiB/stage  "
         f"comm MB/step  comm ms/step  compute ms/stage"
     )
     for label, v in summ.items():
@@ -338,7 +365,10 @@ def _report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[s
         f"comm = payload transfer + waiting for sends, idle waiting excluded)"
     )
     if best:
-        log(f"best BP over torch.distributed.pipelining: {best} (×GPipe/1F1B is relative to it)")
+        log(
+            f"best BP over torch.distributed.pipelining: {best} (×best pp BP is relative to it; of the schedules "
+            f"that ran: {', '.join(pipe_bp)})"
+        )
     return rows
 
 
@@ -386,6 +416,10 @@ def _explain(cfg, pc, summ, model, b, img, log) -> None:
             if v is None or balance is None:
                 continue
             t_e = b / v["samples_per_s"]
+            if e in ZERO_BUBBLE:
+                log(f"{e} M={m}: {t_bp / t_e:.2f}× BP (step {t_e * 1e3:.0f} ms; 2 stages per rank, backward split in "
+                    f"input and weight gradients); busy {_fmt(v['busy'], '.2f')}")  # fmt: skip
+                continue
             expect = gpipe_bound(balance, s, m) * mb_eff
             log(
                 f"{e} M={m}: {t_bp / t_e:.2f}× BP (step {t_e * 1e3:.0f} ms); bubble M/(M+S-1) = {m}/{m + s - 1} × "
