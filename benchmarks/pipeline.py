@@ -17,12 +17,17 @@ The two decoupled engines run once for each local method of `--methods` (the row
 are the reference. On CPU every stage process is pinned to `--threads` threads (default 1) and stands for one device;
 the single-process baselines run on as many. Reported ratios come from one run (never across runs).
 
+With `--model-kwargs cut=block` (timm CNNs: every residual block a unit) and neither --num-blocks nor --partition,
+the units are profiled first and `zoo.pipeline.partition.choose_cuts` picks where to cut them into one decoupled
+block per stage (a cut may fall inside a stage); every engine then trains that model, one block per stage.
+
 A scaling model predicts the speedup for more stages and other links from the measured per-block compute and link
 times; it is printed beside the measured points and plotted to the leaderboard folder.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -38,7 +43,9 @@ from zoo.pipeline import (
     Builder,
     PipelineConfig,
     PipelineError,
+    build,
     check_micro_batches,
+    choose_blocks,
     launch,
     local_devices,
     run_single,
@@ -249,6 +256,7 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
     builder = model_builder(cfg, model)
     batches = batch_pool(cfg, POOL_BATCHES, pc.seed)
     b, img = int(batches[0][0].shape[0]), int(batches[0][0].shape[-1])
+    builder, pc, cuts = _fine_cuts(cfg, pc, builder, batches, log)
     if any(e in MICRO_ENGINES for _, e, _, _ in plan):
         for m in cfg.micro_batches:
             check_micro_batches(b, m)  # before anything runs
@@ -268,6 +276,8 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += f"; deinforeg-pipe runs {s} stages × {pc.replicas} replicas ({pc.replica_loss} loss)"
         if s * pc.replicas > n:
             note += f", {s * pc.replicas} processes on {n} device(s): oversubscribed, a correctness run, not a speed"
+    if cuts is not None:
+        note += f"; blocks of {'+'.join(map(str, cuts.units_per_block))} residual-block units chosen by choose_cuts"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
     log(
@@ -291,6 +301,8 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
                 results.pop(label)
                 log(f"  [{rep + 1}/{cfg.repeats}] {label}: not run here: {skipped[label]}")
                 continue
+            if cuts is not None and engine == "deinforeg-pipe":
+                out["predicted_s"] = cuts.predicted_s  # the cut chooser's prediction (the launcher got a partition)
             if out["partition"] is not None and pc.partition is None:
                 pc = replace(pc, partition=out["partition"])  # every later engine runs on the same stages
             results[label].append(out | {"engine": engine, "method": method, "m": m})
@@ -304,6 +316,34 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
     log(f"rows → {path}")
     _explain(cfg, pc, summ, model, b, img, log)
     return rows
+
+
+def _fine_cuts(cfg: RunConfig, pc: PipelineConfig, builder: Builder, batches: Batches, log):
+    """A model built with fine units (`cut=block`) and no block count or partition given: profile the units and let
+    choose_cuts merge them into one block per stage. Returns the builder, config and cuts every engine then uses."""
+    if pc.partition is not None or cfg.num_blocks is not None or cfg.model_kwargs.get("cut") != "block":
+        return builder, pc, None
+    model = build(pc, builder)
+    if "block_units" in model.config:
+        return builder, pc, None
+    device = torch.device(pc.device)
+    x, y = batches[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pc.threads)  # as one stage process would (only the ratios between units matter)
+    try:
+        cuts, prof = choose_blocks(model.to(device), x.to(device), y.to(device), int(pc.stages), pc.train,
+                                   repeats=pc.profile_repeats)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    body = _fmt([(p.seconds - p.head_seconds) * 1e3 for p in prof], ".1f")
+    heads = _fmt([p.head_seconds * 1e3 for p in prof], ".1f")
+    log(
+        f"cut=block: {len(prof)} units profiled (body {body} ms, local head {heads} ms); choose_cuts: blocks of "
+        f"{'+'.join(map(str, cuts.units_per_block))} units, one per stage, predicted "
+        f"{_fmt([t * 1e3 for t in cuts.predicted_s], '.1f')} ms/stage"
+    )
+    builder = functools.partial(builder, block_units=list(cuts.units_per_block))
+    return builder, replace(pc, partition=[1] * int(pc.stages)), cuts
 
 
 def _report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[str, Any]]:

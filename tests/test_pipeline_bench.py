@@ -128,3 +128,20 @@ def test_user_errors_stop_before_anything_runs(tmp_path, kw, needle):
     with pytest.raises(UserError, match=needle):
         _run(_cfg(tmp_path, **kw), tmp_path)
     assert not (tmp_path / "lb").exists()
+
+
+def test_finer_cuts_let_the_bench_choose_one_block_per_stage_by_measured_cost(tmp_path, capsys):
+    """`--model-kwargs cut=block`: the units are profiled, choose_cuts merges them into one block per stage, and
+    every engine trains that model on a 1+1 partition."""
+    cfg = _cfg(
+        tmp_path, model=["test_resnet"], model_kwargs="cut=block", engines=["bp-single", "deinforeg-pipe", "gpipe"],
+        micro_batches=[2], steps=3, plot=False,
+    )  # fmt: skip
+    _, written = _run(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert "cut=block: 4 units profiled" in out and "choose_cuts: blocks of " in out
+    assert sorted(r["engine"] for r in written) == ["bp-single", "deinforeg-pipe", "gpipe"]
+    assert {r["partition"] for r in written if r["engine"] != "bp-single"} == {"1+1"}
+    assert "residual-block units chosen by choose_cuts" in written[0]["note"]
+    pipe = next(r for r in written if r["engine"] == "deinforeg-pipe")
+    assert len(pipe["predicted_ms_per_stage"].split("/")) == 2
