@@ -272,6 +272,8 @@ def test_cli_trains_on_the_batches_a_user_function_returns(tmp_path, monkeypatch
         (["--partition", "2,x"], "--partition expects blocks per stage"),
         (["--stages", "5"], "5 stages need at least 5 blocks"),
         (["--engine", "gpipe", "--micro-batches", "3"], "batch_size=8 is not divisible by micro_batches=3"),
+        (["--engine", "dualpipev", "--micro-batches", "2"], "dualpipev needs at least as many micro-batches"),
+        (["--engine", "zbv", "--partition", "1,3"], "zbv runs 2 pipeline stages per rank: partition [1, 3]"),
     ],
 )
 def test_cli_wrong_launches_exit_2_with_one_line(argv, needle, capsys):
