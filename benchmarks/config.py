@@ -38,7 +38,10 @@ WANDB_MODES = ("offline", "online", "disabled")
 NOISE_KINDS = ("symmetric", "pair")
 DEFAULT_NOISE_SWEEP = [0.0, 0.2, 0.4, 0.6]
 # what the pipeline bench measures, all on the same model, data, batch and partition (see benchmarks/pipeline.py)
-ENGINE_ORDER = ("bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "bp-single-mb")
+ENGINE_ORDER = (
+    "bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "zb-interleaved", "zbv", "dualpipev",
+    "bp-single-mb",
+)  # fmt: skip
 # a dataset's own budget when the user leaves these unset: shapes at 32 px on 128/64 images runs in minutes on 2 cores
 DATASET_BUDGETS: dict[str, dict[str, Any]] = {"shapes": {"img_size": 32, "train_size": 128, "eval_size": 64}}
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--steps", type=int, metavar="N", help="throughput/pipeline: measured steps (default: 20)")
     a("--warmup", type=int, metavar="N", help="throughput/pipeline: untimed steps first (default: 3)")
     a("--stages", type=int, metavar="S", help="pipeline: stage processes, one device each (default: 2)")
-    a("--micro-batches", metavar="LIST", help="pipeline: micro-batches per batch for GPipe / 1F1B, each measured and "
+    a("--micro-batches", metavar="LIST", help="pipeline: micro-batches per batch for BP pipelines, each measured and "
       "the best compared (default: 2,4)")  # fmt: skip
     a("--engines", metavar="LIST", help=f"pipeline: engines to measure, from {','.join(ENGINE_ORDER)} (default: all)")
     a("--repeats", type=int, metavar="N", help="pipeline: measure every engine N times, interleaved; rows give "

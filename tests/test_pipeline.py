@@ -109,6 +109,31 @@ def test_bp_baseline_runs_over_torch_pipelining():
     assert result.stages[0]["bytes_sent_per_step"] > 0
 
 
+def test_zero_bubble_schedules_train_the_same_bp_model_as_gpipe():
+    """ZB1P, ZBV and DualPipeV (2 pipeline stages per rank, backward split in input and weight gradients) run on
+    CPU/gloo and give GPipe's weights: the same micro-batches, gradients summed in another order."""
+    cfg = _tiny(engine="gpipe", steps=3, micro_batches=4)
+    init = zoo.pipeline.build(cfg, BUILDER, "bp").state_dict()
+    ref = launch(cfg, BUILDER, BATCHES).model.state_dict()
+    assert any(not torch.equal(ref[k], init[k]) for k in ref if ref[k].is_floating_point())  # it trained
+    for engine in ("zb-interleaved", "zbv", "dualpipev"):
+        result = launch(replace(cfg, engine=engine), BUILDER, BATCHES)
+        got = result.model.state_dict()
+        assert all(torch.isfinite(v).all() for v in got.values() if v.is_floating_point()), engine
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{engine}: {k}")
+        assert result.stages[0]["bytes_sent_per_step"] > 0 and result.stages[-1]["samples_per_s"] > 0
+
+
+def test_zero_bubble_schedules_refuse_what_they_cannot_run():
+    with pytest.raises(LaunchError, match="zbv runs 2 pipeline stages per rank: partition \\[1, 3\\]"):
+        check_config(_tiny(engine="zbv", partition=[1, 3]))
+    with pytest.raises(LaunchError, match="2 ranks need at least 4 blocks, but the model has 3"):
+        check_config(_tiny(engine="zb-interleaved", partition=None), model=BUILDER(method="bp", num_blocks=3))
+    with pytest.raises(LaunchError, match="dualpipev needs at least as many micro-batches .* micro_batches=2 < 4"):
+        check_config(_tiny(engine="dualpipev", micro_batches=2))
+
+
 def test_wrong_launches_give_one_clear_error_each():
     assert issubclass(LaunchError, UserError)  # the CLIs print it as one line and exit 2
     with pytest.raises(LaunchError, match="5 stages need at least 5 blocks, but the model has 4"):
@@ -247,6 +272,8 @@ def test_cli_trains_on_the_batches_a_user_function_returns(tmp_path, monkeypatch
         (["--partition", "2,x"], "--partition expects blocks per stage"),
         (["--stages", "5"], "5 stages need at least 5 blocks"),
         (["--engine", "gpipe", "--micro-batches", "3"], "batch_size=8 is not divisible by micro_batches=3"),
+        (["--engine", "dualpipev", "--micro-batches", "2"], "dualpipev needs at least as many micro-batches"),
+        (["--engine", "zbv", "--partition", "1,3"], "zbv runs 2 pipeline stages per rank: partition [1, 3]"),
     ],
 )
 def test_cli_wrong_launches_exit_2_with_one_line(argv, needle, capsys):

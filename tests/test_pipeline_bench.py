@@ -31,8 +31,11 @@ def _run(cfg, tmp_path, capsys=None):
     return rows, list(csv.DictReader((tmp_path / "lb" / "throughput_pipeline_cls_digits.csv").open()))
 
 
+GPIPE_1F1B = ["bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "bp-single-mb"]
+
+
 def test_bench_writes_one_row_per_engine_and_micro_batch_count(tmp_path, capsys):
-    rows, written = _run(_cfg(tmp_path, micro_batches=[2, 4]), tmp_path)
+    rows, written = _run(_cfg(tmp_path, micro_batches=[2, 4], engines=GPIPE_1F1B), tmp_path)
     out = capsys.readouterr().out
     got = sorted((r["engine"], r["method"], r["micro_batches"], r["batch_size"]) for r in written)
     want = [("1f1b", "bp", "2", "8"), ("1f1b", "bp", "4", "8"), ("bp-single", "bp", "1", "8")]
@@ -88,8 +91,30 @@ def test_each_local_method_runs_the_decoupled_engines_once(tmp_path, monkeypatch
     )
     assert seen[0][:2] == ("deinforeg-pipe", "deinforeg")  # the first pipeline decides the partition
     assert sorted((e, m, mb) for e, m, _, mb in seen if m == "bp") == [
-        ("1f1b", "bp", 2), ("bp-single", "bp", None), ("bp-single-mb", "bp", 2), ("gpipe", "bp", 2),
+        ("1f1b", "bp", 2), ("bp-single", "bp", None), ("bp-single-mb", "bp", 2), ("dualpipev", "bp", 2),
+        ("gpipe", "bp", 2), ("zb-interleaved", "bp", 2), ("zbv", "bp", 2),
     ]  # fmt: skip
+
+
+def test_zero_bubble_engines_give_a_row_or_say_why_not(tmp_path, capsys):
+    """ZB1P and ZBV run at M=2 on the [2, 2] partition; DualPipeV needs M >= 4 stages and says so; the
+    `× best pipelining BP` ratio is over every schedule that ran."""
+    engines = ["bp-single", "gpipe", "zb-interleaved", "zbv", "dualpipev"]
+    cfg = _cfg(tmp_path, engines=engines, micro_batches=[2], partition=[2, 2], steps=3, plot=False)
+    _, written = _run(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert sorted(r["engine"] for r in written) == ["bp-single", "gpipe", "zb-interleaved", "zbv"]
+    assert "dualpipev M=2: not run (dualpipev needs at least as many micro-batches as pipeline stages" in out
+    ratios = [float(r["speedup_vs_pipelining_bp"]) for r in written if r["engine"] != "bp-single"]
+    assert max(ratios) == pytest.approx(1.0) and all(r["partition"] == "2+2" for r in written[1:])
+    assert "of the schedules that ran: gpipe M=2, zb-interleaved M=2, zbv M=2" in out
+
+
+def test_zero_bubble_engines_on_too_few_blocks_are_skipped_with_the_reason(tmp_path, capsys):
+    cfg = _cfg(tmp_path, engines=["bp-single", "zbv"], micro_batches=[2], partition=[1, 3], steps=2, plot=False)
+    _, written = _run(cfg, tmp_path)
+    assert [r["engine"] for r in written] == ["bp-single"]
+    assert "zbv M=2: not run (zbv runs 2 pipeline stages per rank: partition [1, 3]" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -103,3 +128,20 @@ def test_user_errors_stop_before_anything_runs(tmp_path, kw, needle):
     with pytest.raises(UserError, match=needle):
         _run(_cfg(tmp_path, **kw), tmp_path)
     assert not (tmp_path / "lb").exists()
+
+
+def test_finer_cuts_let_the_bench_choose_one_block_per_stage_by_measured_cost(tmp_path, capsys):
+    """`--model-kwargs cut=block`: the units are profiled, choose_cuts merges them into one block per stage, and
+    every engine trains that model on a 1+1 partition."""
+    cfg = _cfg(
+        tmp_path, model=["test_resnet"], model_kwargs="cut=block", engines=["bp-single", "deinforeg-pipe", "gpipe"],
+        micro_batches=[2], steps=3, plot=False,
+    )  # fmt: skip
+    _, written = _run(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert "cut=block: 4 units profiled" in out and "choose_cuts: blocks of " in out
+    assert sorted(r["engine"] for r in written) == ["bp-single", "deinforeg-pipe", "gpipe"]
+    assert {r["partition"] for r in written if r["engine"] != "bp-single"} == {"1+1"}
+    assert "residual-block units chosen by choose_cuts" in written[0]["note"]
+    pipe = next(r for r in written if r["engine"] == "deinforeg-pipe")
+    assert len(pipe["predicted_ms_per_stage"].split("/")) == 2

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -176,3 +178,32 @@ def test_the_partitioner_cuts_finer_than_the_natural_stages_when_the_costs_call_
     assert dear.units_per_block == [4, 2] and dear.bottleneck_s == pytest.approx(5.1)
     # balanced fine units: the even cut
     assert choose_cuts([1.0] * 8, [0.1] * 8, 2).units_per_block == [4, 4]
+
+
+class _Slow(torch.nn.Module):
+    """A unit made artificially costly: the partitioner must see it through its measured time."""
+
+    def __init__(self, inner: torch.nn.Module, seconds: float):
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+def test_the_cut_chooser_cuts_inside_a_resnet_stage_by_measured_cost():
+    """resnet18 with every residual block a unit (cut="block"), layer2's first block made slow: the profile sees it
+    and choose_cuts ends stage 0 right after it, inside layer2, instead of at a stage boundary."""
+    from zoo.pipeline import choose_blocks
+
+    x, y = synthetic_batches(4, num_batches=1, img_size=16)[0]
+    model = zoo.create_model("resnet18", num_classes=10, img_size=16, cut="block")
+    for k, expect in ((2, [3, 5]), (0, [1, 7])):
+        slowed = copy.deepcopy(model)
+        slowed.blocks[k].body = _Slow(slowed.blocks[k].body, 0.2)
+        cuts, profiles = choose_blocks(slowed, x, y, 2, TrainConfig(optimizer="sgd", lr=0.05), repeats=1)
+        assert len(profiles) == 8 and profiles[k].seconds >= 0.2
+        assert cuts.units_per_block == expect and cuts.bottleneck_s >= 0.2, (k, cuts)
+    merged = zoo.create_model("resnet18", num_classes=10, img_size=16, cut="block", block_units=[3, 5])
+    assert [list(b.body[-1].named_children())[-1][0] for b in merged.blocks] == ["layer2_0", "layer4_1"]

@@ -137,18 +137,26 @@ class StepOutput:
     parts: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
-def merge_units(units: Sequence[nn.Module], num_blocks: int | None) -> tuple[list[nn.Module], list[int]]:
-    """Merge adjacent units into `num_blocks` contiguous blocks (sizes differ by at most one, later ones larger).
+def merge_units(
+    units: Sequence[nn.Module], num_blocks: int | None, sizes: Sequence[int] | None = None
+) -> tuple[list[nn.Module], list[int]]:
+    """Merge adjacent units into `num_blocks` contiguous blocks (sizes differ by at most one, later ones larger), or
+    into blocks of the given `sizes` (units per block, e.g. chosen by zoo.pipeline.partition.choose_cuts).
 
     Returns the blocks and, for each, the index of its last unit (whose output is the block's output).
     """
     n = len(units)
-    if num_blocks is None:
-        num_blocks = n
-    if not 1 <= num_blocks <= n:
-        raise UserError(f"num_blocks={num_blocks} is not possible: this model can be cut into 1 to {n} blocks")
-    base, extra = divmod(n, num_blocks)
-    sizes = [base] * (num_blocks - extra) + [base + 1] * extra
+    if sizes is not None:
+        sizes = [int(s) for s in sizes]
+        if sum(sizes) != n or min(sizes, default=0) < 1 or (num_blocks is not None and num_blocks != len(sizes)):
+            raise UserError(f"block_units={sizes} must give every block at least one of this model's {n} units")
+    else:
+        if num_blocks is None:
+            num_blocks = n
+        if not 1 <= num_blocks <= n:
+            raise UserError(f"num_blocks={num_blocks} is not possible: this model can be cut into 1 to {n} blocks")
+        base, extra = divmod(n, num_blocks)
+        sizes = [base] * (num_blocks - extra) + [base + 1] * extra
     blocks, ends, i = [], [], 0
     for s in sizes:
         group = list(units[i : i + s])

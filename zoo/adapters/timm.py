@@ -30,13 +30,16 @@ from ..errors import UserError, check_kwargs
 from ..heads import GlobalPool, LocalHead
 from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
 
-__all__ = ["CNN_MODULES", "VIT_MODULES", "create", "export", "list_supported"]
+__all__ = ["CNN_MODULES", "CUTS", "VIT_MODULES", "create", "export", "list_supported"]
 
 # timm model modules (one per family) whose models follow the rules above; other timm models are tried by the same
 # rules and fail with a clear error if their forward pass is not a chain of stages.
 CNN_MODULES = ("resnet", "regnet", "convnext", "efficientnet", "mobilenetv3")
 VIT_MODULES = ("vision_transformer", "deit")
 VIT_DEFAULT_BLOCKS = 4
+# the units `num_blocks` merges: a CNN's stages, or every module inside its stages (a ResNet's residual blocks);
+# a ViT's units are its transformer blocks either way
+CUTS = ("stage", "block")
 
 # config keys that describe the data the model expects; recorded for users, ignored when rebuilding
 _INFO_KEYS = ("adapter", "timm_name", "input_size", "mean", "std", "interpolation", "crop_pct")
@@ -124,7 +127,7 @@ def _unsupported(name: str, why: str) -> ValueError:
     return ValueError(f"timm model {name!r} cannot be cut into blocks: {why}. Supported families: {fams}")
 
 
-def _cut_cnn(model: nn.Module, x: torch.Tensor, name: str) -> _Cut:
+def _cut_cnn(model: nn.Module, x: torch.Tensor, name: str, per_block: bool = False) -> _Cut:
     info = getattr(model, "feature_info", None)
     if not info:
         raise _unsupported(name, "it has no feature_info to say where its stages end")
@@ -132,13 +135,15 @@ def _cut_cnn(model: nn.Module, x: torch.Tensor, name: str) -> _Cut:
         raise _unsupported(name, "it has parameters outside its modules, used between stages")
     feat_names = [f["module"] for f in info]
     reductions = [f["reduction"] for f in info]
-    leaves = leaf_modules(model, ancestors(feat_names))
+    # the stem (reduction 2) has no loss of its own: it joins the first real stage
+    stages = [n for n, r in zip(feat_names, reductions) if r >= 4] or feat_names
+    # cut="block": open each stage module and cut after every module in it (a ResNet's residual blocks)
+    leaves = leaf_modules(model, ancestors(feat_names) | (set(stages) if per_block else set()))
     calls, out = trace(model.forward_features, leaves, x)
     chain = chain_calls(calls, x)
     order = [c.name for c in chain]
-    # the stem (reduction 2) has no loss of its own: it joins the first real stage
-    cuts = [n for n, r in zip(feat_names, reductions) if r >= 4] or feat_names
-    missing = [n for n in cuts if n not in order]
+    cuts = [n for s in stages for n in order if n == s or n.startswith(s + ".")] if per_block else stages
+    missing = [n for n in stages if not any(c == n or c.startswith(n + ".") for c in order)]
     if missing:
         raise _unsupported(name, f"feature modules {missing} are not on the chain of its forward pass")
     ends = sorted(order.index(n) for n in cuts)
@@ -190,11 +195,13 @@ def _is_vit(model: nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm"))
 
 
-def _cut(model: nn.Module, img_size: int, name: str) -> _Cut:
+def _cut(model: nn.Module, img_size: int, name: str, cut: str = "stage") -> _Cut:
+    if cut not in CUTS:
+        raise UserError(f"unknown cut {cut!r}; valid choices: {', '.join(CUTS)}")
     x = _dummy(img_size, getattr(model, "in_chans", 3) or 3)
     try:
         with eval_mode(model):
-            return _cut_vit(model, x, name) if _is_vit(model) else _cut_cnn(model, x, name)
+            return _cut_vit(model, x, name) if _is_vit(model) else _cut_cnn(model, x, name, cut == "block")
     except NotSequentialError as e:
         raise _unsupported(name, str(e)) from None
 
@@ -213,7 +220,8 @@ def _new_timm(name: str, num_classes: int, img_size: int | None, timm_kwargs: di
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
-        own = ("num_blocks", "projector", "pretrained_backbone", "img_size", *MODEL_KEYS, *BUILD_KEYS)
+        own = ("num_blocks", "projector", "pretrained_backbone", "img_size", "cut", "block_units")
+        own += (*MODEL_KEYS, *BUILD_KEYS)
         cls = type(timm.create_model(name, pretrained=False, num_classes=num_classes))
         takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
         check_kwargs(timm_kwargs, [*own, *takes], f"timm model {name!r}")
@@ -253,12 +261,17 @@ def create(
     projector: str = "pool",
     pretrained_backbone: str | None = None,
     img_size: int | None = None,
+    cut: str = "stage",
+    block_units: Sequence[int] | None = None,
     **kw: Any,
 ) -> DecoupledModel:
     """Cut timm classifier `name` into blocks trained by `method` (see the module docstring for the rules).
 
     `num_blocks` merges adjacent stages (default: every stage of a CNN, 4 for ViTs); `pretrained_backbone` is a
     local timm checkpoint file; `img_size` sizes a ViT and the dummy forward that measures block outputs.
+    `cut="block"` makes every residual block (every module of a CNN stage) a unit instead of every stage, so blocks
+    (and pipeline stages) can end inside a stage; `block_units` gives the units per block instead of `num_blocks`
+    (e.g. what zoo.pipeline.partition.choose_cuts picked).
     Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...), `build_decoupled` (`head_kwargs`,
     `ignore_index`) or `timm.create_model` (`drop_path_rate`, ...).
     """
@@ -274,10 +287,11 @@ def create(
     if pretrained_backbone:
         _load_backbone(model, pretrained_backbone)
     size = img_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    cut = _cut(model, size, name)
-    if num_blocks is None and _is_vit(model):
+    cut_kind = cut
+    cut = _cut(model, size, name, cut_kind)
+    if num_blocks is None and block_units is None and _is_vit(model):
         num_blocks = min(VIT_DEFAULT_BLOCKS, len(cut.units))
-    bodies, ends = merge_units(cut.units, num_blocks)
+    bodies, ends = merge_units(cut.units, num_blocks, block_units)
     config = {
         "name": name,
         "task": "cls",
@@ -286,6 +300,8 @@ def create(
         "num_blocks": len(bodies),
         "img_size": size,
         "projector": projector,
+        **({"cut": cut_kind} if cut_kind != "stage" else {}),
+        **({"block_units": [int(b) for b in block_units]} if block_units is not None else {}),
         **model_kw,
         **build_kw,
         **timm_kw,
@@ -312,13 +328,13 @@ def create(
 def _rebuild(config: dict[str, Any]) -> tuple[nn.Module, list[nn.Module], _Cut]:
     """A fresh timm model from `config`, with its blocks cut exactly as the decoupled model's were."""
     skip = set(_INFO_KEYS + _MODEL_KEYS + _BUILD_KEYS) | {"name", "task", "method", "num_classes", "num_blocks"}
-    skip |= {"img_size", "projector", "arch"}
+    skip |= {"img_size", "projector", "arch", "cut", "block_units"}
     timm_kw = {k: v for k, v in config.items() if k not in skip}
     name = config["timm_name"]
     img_size = config["img_size"]
     model = _new_timm(name, config["num_classes"], img_size, timm_kw)
-    cut = _cut(model, img_size, name)
-    bodies, _ = merge_units(cut.units, config["num_blocks"])
+    cut = _cut(model, img_size, name, config.get("cut", "stage"))
+    bodies, _ = merge_units(cut.units, config["num_blocks"], config.get("block_units"))
     return model, bodies, cut
 
 

@@ -15,11 +15,22 @@ from ._comm import PeerFailure
 from .checks import LaunchError, check_batches, check_config, check_micro_batches, local_devices, shares_gpu
 from .engine import ENGINES, Batches, Builder, PipelineConfig, build, run_single, synthetic_batches
 from .launch import PipelineError, PipelineResult, in_torchrun, launch
-from .partition import Partition, UnitProfile, balanced_split, partition_units, profile_units, stage_slices
+from .partition import (
+    BlockCuts,
+    Partition,
+    UnitProfile,
+    balanced_split,
+    choose_blocks,
+    choose_cuts,
+    partition_units,
+    profile_units,
+    stage_slices,
+)
 
 __all__ = [
     "ENGINES",
     "Batches",
+    "BlockCuts",
     "Builder",
     "LaunchError",
     "Partition",
@@ -33,6 +44,8 @@ __all__ = [
     "check_batches",
     "check_config",
     "check_micro_batches",
+    "choose_blocks",
+    "choose_cuts",
     "in_torchrun",
     "launch",
     "local_devices",

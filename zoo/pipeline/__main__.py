@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num-blocks", type=int, default=None)
     a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
     a("--method", default="deinforeg", help="local method (deinforeg, greedy, scpl)")
-    a("--engine", default="deinforeg", choices=ENGINES, help="deinforeg: decoupled schedule; gpipe/1f1b: BP")
+    a("--engine", default="deinforeg", choices=ENGINES, help="deinforeg: decoupled; the rest: BP (pipelining)")
     a("--stages", type=int, default=None, help="stage processes to spawn (default 2; under torchrun: its world size)")
     a("--replicas", type=int, default=1, help="processes per stage, each on a 1/replicas shard of every batch")
     a(
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num-batches", type=int, default=8, help="synthetic: batches generated (and cycled)")
     a("--steps", type=int, default=20)
     a("--warmup", type=int, default=3)
-    a("--micro-batches", type=int, default=4, help="gpipe / 1f1b only")
+    a("--micro-batches", type=int, default=4, help="BP engines only")
     a("--max-in-flight", type=int, default=2)
     a("--optimizer", default="adamw", choices=OPTIMIZERS)
     a("--lr", type=float, default=2e-3)

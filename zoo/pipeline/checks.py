@@ -13,6 +13,7 @@ import torch
 from ..decoupled import DecoupledModel
 from ..errors import UserError
 from ..heads import LOCAL_METHODS
+from ._bp import MULTI_STAGE
 from ._replica import REPLICA_LOSSES
 from .engine import ENGINES, Batches, PipelineConfig, batch_size_of
 
@@ -83,6 +84,8 @@ def check_config(
             raise LaunchError(
                 f"partition {cfg.partition} must give {stages} stages at least one block each, {n} in all"
             )
+    if cfg.engine in MULTI_STAGE:
+        _check_two_stages_per_rank(cfg, stages, model)
     if cfg.engine != "deinforeg" and batch_size is not None:
         check_micro_batches(batch_size, cfg.micro_batches)
     if batch_size is not None and batch_size % r:
@@ -103,6 +106,23 @@ def check_config(
         raise LaunchError(
             f"{cfg.engine} (torch.distributed.pipelining) needs one GPU per stage for NCCL; {local_world} stages "
             f"would share {torch.cuda.device_count()} GPU(s) here"
+        )
+
+
+def _check_two_stages_per_rank(cfg: PipelineConfig, stages: int, model: DecoupledModel | None) -> None:
+    """The zero-bubble schedules run 2 pipeline stages per rank (each rank's blocks halved)."""
+    if model is not None and model.num_blocks < 2 * stages:
+        raise LaunchError(
+            f"{cfg.engine} runs 2 pipeline stages per rank: {stages} ranks need at least {2 * stages} blocks, but the "
+            f"model has {model.num_blocks}; use fewer --stages (or build it with more blocks, --num-blocks)"
+        )
+    if cfg.partition is not None and min(cfg.partition) < 2:
+        raise LaunchError(f"{cfg.engine} runs 2 pipeline stages per rank: partition {cfg.partition} must give every "
+                          f"rank at least 2 blocks")  # fmt: skip
+    if cfg.engine == "dualpipev" and cfg.micro_batches < 2 * stages:
+        raise LaunchError(
+            f"dualpipev needs at least as many micro-batches as pipeline stages (2 per rank): "
+            f"micro_batches={cfg.micro_batches} < {2 * stages}"
         )
 
 

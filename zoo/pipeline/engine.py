@@ -6,8 +6,8 @@ steps its own optimizers and sends the detached output on. No gradient crosses a
 stage k+1 works on t-1; a bounded number of sends in flight bounds memory. Every process builds the whole model from
 the same seed and keeps its own blocks, so with the same data the result equals single-process training.
 
-BP baseline: the same blocks without local heads (`method="bp"`) on the same partition, driven by
-`ScheduleGPipe` or `Schedule1F1B` (the engine a user would otherwise pick).
+BP baselines (zoo.pipeline._bp): the same blocks without local heads (`method="bp"`) on the same partition, driven
+by the schedules of `torch.distributed.pipelining` a user would otherwise pick (GPipe, 1F1B, the zero-bubble ones).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..decoupled import DecoupledModel, forward_block
 from ..heads import LOCAL_METHODS
@@ -42,11 +41,11 @@ __all__ = [
     "pin_cpu",
     "run_single",
     "stage_decoupled",
-    "stage_bp",
     "synthetic_batches",
 ]
 
-ENGINES = ("deinforeg", "gpipe", "1f1b")
+# deinforeg: the decoupled schedule; the others BP over torch.distributed.pipelining (zoo.pipeline._bp)
+ENGINES = ("deinforeg", "gpipe", "1f1b", "zb-interleaved", "zbv", "dualpipev")
 # builder(method=...) -> a fresh DecoupledModel; picklable (a module-level function or functools.partial of one), as
 # every stage process builds its own copy, e.g. functools.partial(zoo.create_model, "resnet18", num_classes=10)
 Builder = Callable[..., DecoupledModel]
@@ -58,7 +57,7 @@ Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 class PipelineConfig:
     """How to run one pipelined (or single-process reference) training run; the model and data are given apart."""
 
-    engine: str = "deinforeg"  # deinforeg (decoupled schedule, any local method) | gpipe | 1f1b (BP, pipelining)
+    engine: str = "deinforeg"  # deinforeg (decoupled, any local method) | BP: gpipe 1f1b zb-interleaved zbv dualpipev
     method: str = "deinforeg"  # local method of the decoupled engine (deinforeg | greedy | scpl)
     stages: int | None = 2  # None: the launcher's world size (divided by `replicas`)
     replicas: int = 1  # processes per stage, each on a 1/replicas shard of every batch (gradients all-reduced)
@@ -67,7 +66,7 @@ class PipelineConfig:
     partition: list[int] | None = None  # blocks per stage; None: profile and balance
     steps: int = 20  # optimizer steps per stage (one per batch)
     warmup_steps: int = 3  # steps left out of the throughput window
-    micro_batches: int = 4  # gpipe / 1f1b: micro-batches per batch
+    micro_batches: int = 4  # BP engines: micro-batches per batch
     max_in_flight: int = 2  # decoupled engine: sends not yet completed before a stage waits
     seed: int = 0  # seeded before every builder call, so every process builds the same initial weights
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -296,115 +295,6 @@ def _stage_stats(cfg, rank, engine, batch_size, compute, ends, link, mem: PeakMe
         "peak_mem_mb": mem.peak_mb(),  # zoo.runtime.PeakMemory: the same measure as every bench
         "steps": len(ends),
     }
-
-
-# -- BP over torch.distributed.pipelining -------------------------------------------------------------------------
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose gradient is made contiguous: pipelining allocates the upstream receive buffer with the
-    gradient's strides, and gloo refuses non-contiguous buffers."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        return g.contiguous()
-
-
-class _BPStage(nn.Module):
-    """Consecutive BP blocks; passes the skip features on as extra outputs when a later block reads them."""
-
-    def __init__(self, blocks: list[nn.Module], skips_out: bool):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.skips_out = skips_out
-
-    def forward(self, *feats: torch.Tensor):
-        feats = [_ContiguousGrad.apply(f) if f.requires_grad else f for f in feats]
-        for b in self.blocks:
-            feats.append(b(feats))
-        # gloo sends only contiguous tensors
-        return tuple(f.contiguous() for f in feats) if self.skips_out else feats[-1].contiguous()
-
-
-class _Params:
-    """Duck-typed `param_groups()` holder so zoo.train.build_optimizers builds the stage's optimizer."""
-
-    def __init__(self, params: list[nn.Parameter]):
-        self._params = params
-
-    def param_groups(self) -> list[list[nn.Parameter]]:
-        return [self._params]
-
-
-def stage_bp(
-    cfg: PipelineConfig,
-    builder: Builder,
-    batches: Batches,
-    rank: int,
-    world: int,
-    sizes: list[int],
-    device: torch.device,
-    watchdog: Watchdog | None = None,
-) -> dict[str, Any]:
-    """Train this stage's BP blocks with ScheduleGPipe / Schedule1F1B over the same partition."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
-    model = build(cfg, builder, "bp")
-    mine = stage_slices(sizes)[rank]
-    first, last = rank == 0, rank == world - 1
-    skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
-    mod = _BPStage([model.blocks[k] for k in mine], skips_out).to(device).train()
-    head = model.blocks[-1].head.to(device) if last else None
-    params = [p for p in mod.parameters() if p.requires_grad]  # the last block's task head included
-    del model
-    (opt,), (lr,) = build_optimizers(_Params(params), replace(cfg.train, per_block=False), cfg.steps)
-    sent = [0]
-    if not last:
-        mod.register_forward_hook(lambda m, a, o: sent.__setitem__(0, _out_bytes(o)))
-
-    def loss_fn(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return head.loss(h, y)[0]
-
-    stage = PipelineStage(mod, rank, world, device)
-    kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.engine]
-    # every stage needs the loss_fn (only the last calls it): without one a schedule runs forward only
-    schedule = kind(stage, n_microbatches=cfg.micro_batches, loss_fn=loss_fn)
-    compute, ends = [], []
-    mem = PeakMemory(device).start()
-    for t, (x, y) in enumerate(_cycle(batches, cfg.steps)):
-        _mark(watchdog, f"starting step {t}")
-        _fault(cfg, rank, t)
-        # inside the schedule computing and waiting for neighbours look the same from here: counted as waiting
-        _mark(watchdog, f"in step {t} of the {cfg.engine} schedule (torch.distributed.pipelining)", waiting=True)
-        c0, w0 = time.process_time(), time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        if first and skips_out:
-            x = x.requires_grad_(True)  # x travels on as a skip feature; pipelining sends gradients for every output
-        if first:
-            schedule.step(x.to(device))
-        elif last:
-            schedule.step(target=y.to(device), losses=[])
-        else:
-            schedule.step()
-        opt.step()
-        lr.step()
-        # one thread per stage: process CPU time is the busy time (gloo's transport threads add a little)
-        compute.append(time.process_time() - c0)
-        ends.append(time.perf_counter())
-        if watchdog is not None:
-            watchdog.step_done(ends[-1] - w0)
-    _mark(watchdog, None)
-    stats = _stage_stats(cfg, rank, cfg.engine, batch_size_of(batches), compute, ends, None, mem)
-    per_step = 2 * sent[0] * cfg.micro_batches  # activations forward, the same bytes of gradients back
-    stats.update(bytes_sent=per_step * len(ends), bytes_sent_per_step=per_step, comm_s_per_step=float("nan"))
-    return stats
-
-
-def _out_bytes(o) -> int:
-    ts = o if isinstance(o, tuple) else (o,)
-    return sum(t.numel() * t.element_size() for t in ts)
 
 
 # -- single-process references -----------------------------------------------------------------------------------

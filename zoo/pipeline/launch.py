@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..decoupled import DecoupledModel
+from ._bp import stage_bp
 from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
 from .checks import (
     check_batches,
@@ -43,7 +44,6 @@ from .engine import (
     build,
     pack,
     pin_cpu,
-    stage_bp,
     stage_decoupled,
     unpack,
 )

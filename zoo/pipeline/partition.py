@@ -25,6 +25,7 @@ __all__ = [
     "UnitProfile",
     "Partition",
     "balanced_split",
+    "choose_blocks",
     "choose_cuts",
     "partition_units",
     "profile_units",
@@ -259,3 +260,21 @@ def choose_cuts(
     sizes = sizes[::-1]
     pred = [prefix[r[-1] + 1] - prefix[r[0]] + ends[r[-1]] for r in stage_slices(sizes)]
     return BlockCuts(sizes, [1] * stages, pred)
+
+
+def choose_blocks(
+    model: DecoupledModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    stages: int,
+    train_cfg: TrainConfig | None = None,
+    repeats: int = 3,
+    bandwidth_bytes_s: float | None = None,
+) -> tuple[BlockCuts, list[UnitProfile]]:
+    """Profile every block of `model`, built with one block per fine unit (e.g. `create_model(..., cut="block")`:
+    every residual block), and choose where to cut the units into one decoupled block per stage (`choose_cuts`).
+    Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each."""
+    profiles = profile_units(model, x, y, train_cfg, repeats=repeats)
+    body = [max(p.seconds - p.head_seconds, 0.0) for p in profiles]
+    link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
+    return choose_cuts(body, [p.head_seconds for p in profiles], stages, link), profiles
