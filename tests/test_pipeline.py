@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _pipeline_setup import BATCHES, BUILDER, TINY_CLI
+from _pipeline_setup import tiny as _tiny
 
 import zoo
 from zoo.errors import UserError
 from zoo.pipeline import (
     LaunchError,
-    PipelineConfig,
     PipelineError,
     balanced_split,
     check_batches,
@@ -29,28 +30,9 @@ from zoo.pipeline import (
     synthetic_batches,
 )
 from zoo.pipeline.__main__ import main
-from zoo.train import TrainConfig
 
 pytestmark = pytest.mark.dist
 ROOT = Path(__file__).resolve().parents[1]
-# the tiny model and data every test trains: 4 VGG blocks at 1/8 width on 16-px images, batches of 8
-BUILDER = functools.partial(zoo.create_model, "paper_vgg", num_classes=10, img_size=16, width=0.125)
-BATCHES = synthetic_batches(8, num_batches=3, img_size=16)
-TINY_CLI = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--batch-size", "8"]
-
-
-def _tiny(**kw) -> PipelineConfig:
-    base = PipelineConfig(
-        steps=4,
-        warmup_steps=1,
-        stages=2,
-        partition=[2, 2],
-        max_in_flight=1,
-        train=TrainConfig(optimizer="sgd", lr=0.05),
-        timeout_s=60.0,
-        verbose=False,
-    )
-    return replace(base, **kw)
 
 
 def test_two_stage_pipeline_equals_single_process(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import socket
 import subprocess
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _pipeline_setup import BUILDER, TINY_CLI
+from _pipeline_setup import tiny as _tiny
 
 import zoo
 from zoo.pipeline import (
     LaunchError,
-    PipelineConfig,
     build,
     check_config,
     launch,
@@ -30,22 +30,6 @@ from zoo.train import TrainConfig
 
 pytestmark = pytest.mark.dist
 ROOT = Path(__file__).resolve().parents[1]
-BUILDER = functools.partial(zoo.create_model, "paper_vgg", num_classes=10, img_size=16, width=0.125)
-TINY_CLI = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--batch-size", "8"]
-
-
-def _tiny(**kw) -> PipelineConfig:
-    base = PipelineConfig(
-        steps=4,
-        warmup_steps=1,
-        stages=2,
-        partition=[2, 2],
-        max_in_flight=1,
-        train=TrainConfig(optimizer="sgd", lr=0.05),
-        timeout_s=60.0,
-        verbose=False,
-    )
-    return replace(base, **kw)
 
 
 def _max_diff(a: dict, b: dict) -> tuple[float, str]:

@@ -167,13 +167,18 @@ def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | 
     if not 1 <= stages <= n:
         raise ValueError(f"cannot split {n} blocks into {stages} stages (each stage needs at least one block)")
     link = list(link) if link is not None else [0.0] * n
+    # no link cost after the last unit
+    return _min_max_split(costs, stages, [link[i] if i < n - 1 else 0.0 for i in range(n)])
+
+
+def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) -> list[int]:
+    """Sizes of the contiguous split of `costs` into `stages` groups minimising the largest group cost, a group
+    that ends at unit j paying `end[j]` besides its units. Dynamic programming over (units, stages); ties prefer
+    the earlier cut."""
+    n = len(costs)
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
-
-    def group(i: int, j: int) -> float:  # units i..j-1, ending at j-1 (no link cost after the last unit)
-        return prefix[j] - prefix[i] + (link[j - 1] if j < n else 0.0)
-
     inf = float("inf")
     best = [[inf] * (n + 1) for _ in range(stages + 1)]
     cut = [[0] * (n + 1) for _ in range(stages + 1)]
@@ -181,7 +186,7 @@ def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | 
     for s in range(1, stages + 1):
         for j in range(s, n + 1):
             for i in range(s - 1, j):
-                v = max(best[s - 1][i], group(i, j))
+                v = max(best[s - 1][i], prefix[j] - prefix[i] + end[j - 1])
                 if v < best[s][j] - 1e-12:
                     best[s][j], cut[s][j] = v, i
     sizes, j = [], n
@@ -239,25 +244,10 @@ def choose_cuts(
     # a stage of units i..j-1 is one block: its bodies, one head at j-1, and its output's link (not the last stage)
     costs = [float(b) for b in body_s]
     ends = [float(h) + (link[i] if i < n - 1 else 0.0) for i, h in enumerate(head_s)]
+    sizes = _min_max_split(costs, stages, ends)
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for s in range(1, stages + 1):
-        for j in range(s, n + 1):
-            for i in range(s - 1, j):
-                v = max(best[s - 1][i], prefix[j] - prefix[i] + ends[j - 1])
-                if v < best[s][j] - 1e-12:
-                    best[s][j], cut[s][j] = v, i
-    sizes, j = [], n
-    for s in range(stages, 0, -1):
-        i = cut[s][j]
-        sizes.append(j - i)
-        j = i
-    sizes = sizes[::-1]
     pred = [prefix[r[-1] + 1] - prefix[r[0]] + ends[r[-1]] for r in stage_slices(sizes)]
     return BlockCuts(sizes, [1] * stages, pred)
 
