@@ -142,12 +142,16 @@ def update(
     schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
     groups: Sequence[Sequence[nn.Parameter]] = (),
     grad_clip: float | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> None:
     """One optimizer step from per-block losses (the Trainer's and each pipeline stage's): the blocks' graphs are
-    disjoint, so one summed backward gives each block its own gradient; `grad_clip` clips each of `groups`."""
+    disjoint, so one summed backward gives each block its own gradient; `grad_clip` clips each of `groups`.
+    `after_backward` runs between the backward and the clipping (a replicated stage averages its gradients there)."""
     for o in optimizers:
         o.zero_grad(set_to_none=True)
     torch.stack([loss.float() for loss in losses]).sum().backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip:
         for group in groups:
             torch.nn.utils.clip_grad_norm_(group, grad_clip)

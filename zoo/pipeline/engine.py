@@ -164,19 +164,10 @@ class Replicas:
 
 def _update(losses, opts, lrs, groups, grad_clip, rep: Replicas) -> None:
     """zoo.train.update, with the gradients averaged over the stage's replicas between backward and step."""
-    if rep.count == 1:
-        update(losses, opts, lrs, groups, grad_clip)
-        return
-    for o in opts:
-        o.zero_grad(set_to_none=True)
-    torch.stack([loss.float() for loss in losses]).sum().backward()
-    average_grads([p for g in groups for p in g], rep.group, rep.count)
-    if grad_clip:
-        for group in groups:
-            torch.nn.utils.clip_grad_norm_(group, grad_clip)
-    for o, s in zip(opts, lrs):
-        o.step()
-        s.step()
+    average = None
+    if rep.count > 1:
+        average = lambda: average_grads([p for g in groups for p in g], rep.group, rep.count)  # noqa: E731
+    update(losses, opts, lrs, groups, grad_clip, after_backward=average)
 
 
 def stage_decoupled(
