@@ -263,7 +263,9 @@ def train_one(
     wall = time.perf_counter() - t0
 
     best = int(model.best_block)
-    val = evaluate(val_loader)  # the statistics the test below uses
+    # the last epoch's validation ran on the final weights and left their recalibrated BatchNorm statistics (also
+    # in a resumed run's checkpoint, saved after it): the test below uses them, with no second pass over val
+    val_per_block = trainer.history[-1]["val_per_block"]
     test = trainer.evaluate(eval_loader(test_ds, cfg.batch_size), adaptive=spec.method != "bp")  # same BN stats
     times = trainer.step_times[2:] or trainer.step_times  # the first steps warm caches up
     step_s = statistics.median(times) if times else float("nan")
@@ -276,7 +278,7 @@ def train_one(
         "metric": test.best,
         "best_block": best + 1,
         "num_blocks": model.num_blocks,
-        "val_best": val.per_block[best],
+        "val_best": val_per_block[best],
         "per_block": test.per_block,
         "last": test.last,
         "adaptive": test.adaptive,
