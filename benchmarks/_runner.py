@@ -232,7 +232,9 @@ def train_one(
 
     def save(final: bool = False, extra: dict | None = None) -> None:
         # the final checkpoint keeps weights only: a finished run is never resumed
+        # the recipe and its hash travel with the weights: a published checkpoint names the leaderboard rows it made
         meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.noise_kind}
+        meta.update(config_hash=cfg.config_hash(), budget=cfg.budget, recipe=cfg.recipe())
         meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **grown_meta, **(extra or {}))
         save_checkpoint(model, ckpt, metadata=meta, trainer_state=None if final else trainer.state_dict())
 

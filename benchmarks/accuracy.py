@@ -3,7 +3,8 @@
 Build (one run per model × method × seed × noise rate) → run (`_runner.train_one`) → rows (mean ± std over seeds,
 one row per model × method × noise rate) → `leaderboards/accuracy_<task>_<dataset>.csv`. The reported metric is the
 test metric of the exit chosen on validation; each block's test metric, the adaptive exit's metric and mean depth,
-median step time, samples/s and peak memory come with it.
+median step time, samples/s and peak memory come with it. Beside the leaderboard (`sidecars`): every run's learning
+curve (`curves_<task>_<dataset>.csv`) and, for noisy runs, the noise audit (`<leaderboard>_audit.csv`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ COLUMNS = (
     "bn_recalib",
     "train_aug",
     "projector",
+    "budget",
     "config_hash",
     "noise_kind",
     "noise_rate",
@@ -70,6 +72,7 @@ def recipe_columns(cfg: RunConfig) -> dict[str, Any]:
         "bn_recalib": cfg.bn_recalib,
         "train_aug": cfg.train_aug,
         "projector": cfg.model_kwargs.get("projector", "pool") if cfg.task == "cls" else "dense",
+        "budget": cfg.budget,  # the name of what filled the unset values (recorded, not hashed)
         "config_hash": cfg.config_hash(),
     }
 
@@ -188,12 +191,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(
     cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-    """Train the grid, append its rows to the leaderboard, write rows.json in the run folder, print the table."""
+    """Train the grid, append its rows to the leaderboard (and its learning curves and noise audit beside it, see
+    `sidecars`), write rows.json in the run folder, print the table."""
+    from . import sidecars
+
     results = train_grid(cfg, run_dir, run_id, log)
     rows = rows_from_results(cfg, results, env, run_id, cfg.bench)
     path = leaderboard_path(cfg)
     append_rows(path, rows, COLUMNS)
+    beside = sidecars.write(cfg, results, run_dir, path, env, run_id)
     (run_dir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
-    log(f"\n{cfg.bench} bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s)); rows appended to {path}\n")
+    also = f" (and {', '.join(p.name for p in beside)})" if beside else ""
+    log(f"\n{cfg.bench} bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s)); rows appended to {path}{also}\n")
     log(format_table(rows))
     return rows

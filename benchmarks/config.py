@@ -23,6 +23,7 @@ from zoo.train import OPTIMIZERS
 
 __all__ = [
     "BENCHES",
+    "BUDGETS",
     "DATASET_BUDGETS",
     "ENGINE_ORDER",
     "NOISE_KINDS",
@@ -31,6 +32,7 @@ __all__ = [
     "load_yaml",
     "resolve",
     "expand_models",
+    "budget_note",
 ]
 
 BENCHES = ("accuracy", "noise", "throughput", "pipeline", "grow")
@@ -42,8 +44,17 @@ ENGINE_ORDER = (
     "bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "zb-interleaved", "zbv", "dualpipev",
     "bp-single-mb",
 )  # fmt: skip
-# a dataset's own budget when the user leaves these unset: shapes at 32 px on 128/64 images runs in minutes on 2 cores
-DATASET_BUDGETS: dict[str, dict[str, Any]] = {"shapes": {"img_size": 32, "train_size": 128, "eval_size": 64}}
+# named budgets: `quick` (the CPU default: minutes on 2 cores) and `converged` (the recipe the leaderboards report; the
+# CUDA default). `--budget auto` picks by the resolved device. Values the user sets (flag or YAML) always win; a
+# dataset not listed uses the task's defaults (zoo.TASK_DEFAULTS) and all its images.
+BUDGETS = ("auto", "quick", "converged")
+DATASET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "shapes": {
+        "quick": {"img_size": 64, "train_size": 600, "eval_size": 150, "epochs": 6, "lr": 0.003},
+        "converged": {"img_size": 64, "train_size": 1200, "eval_size": 150, "epochs": 24, "lr": 0.003},
+    },
+    "digits": {"quick": {"epochs": 3}, "converged": {"epochs": 15}},  # all images
+}
 
 
 @dataclass
@@ -59,7 +70,8 @@ class RunConfig:
     data_root: str | None = None  # root of real datasets ($DEINFOREG_DATA_ROOT or ./data when None)
     noise_rates: list[float] | None = None  # None: [0] for accuracy, [0, .2, .4, .6] for noise
     noise_kind: str = "symmetric"  # symmetric | pair; train labels only, validation/test stay clean
-    epochs: int | None = None  # None: the task's default (zoo.TASK_DEFAULTS: 3 for cls, 2 for seg)
+    budget: str = "auto"  # auto (converged on CUDA, quick otherwise) | quick | converged: DATASET_BUDGETS
+    epochs: int | None = None  # None: the budget's, else the task's default (zoo.TASK_DEFAULTS)
     batch_size: int | None = None  # None: the task's default (64 for cls, 16 for seg)
     seeds: list[int] = field(default_factory=lambda: [0])  # one training run per seed; rows give mean ± std
     num_blocks: int | None = None  # None: the model's natural stages
@@ -69,12 +81,12 @@ class RunConfig:
     out: str = "runs"  # parent folder of run folders
     resume: str | None = None  # a run folder to continue (its config.yaml wins over everything else)
     leaderboard_dir: str = "leaderboards"  # where result CSVs are appended
-    img_size: int | None = None  # input resolution; None: the dataset's budget (shapes: 32) or its own size
+    img_size: int | None = None  # input resolution; None: the dataset's budget or its own size
     train_size: int | None = None  # use only this many training images (None: the dataset's budget or all)
     eval_size: int | None = None  # use only this many validation and test images (None: the budget or all)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to zoo.create_model (e.g. width=0.25)
     optimizer: str = "adamw"  # sgd | adamw | lars
-    lr: float = 2e-3  # peak learning rate (cosine schedule)
+    lr: float = 2e-3  # peak learning rate (cosine schedule); the dataset's budget may set it when not given
     weight_decay: float = 5e-4  # decoupled weight decay (adamw) / L2 (sgd, lars)
     train_aug: bool = False  # dataset's own training augmentation
     bn_recalib: bool = True  # recompute BatchNorm statistics on the train images before each evaluation (all methods)
@@ -123,8 +135,9 @@ _NOT_RECIPE = {
     "model", "methods", "bench", "seeds", "device", "wandb", "wandb_project", "out", "resume", "leaderboard_dir",
     "threads", "steps", "warmup", "stages", "micro_batches", "engines", "repeats", "partition", "pin_cpu",
     "bandwidth_gbps", "plot", "allow_dirty", "progress", "checkpoint", "interrupt_after_steps", "config",
-    "noise_rates",
+    "noise_rates", "budget",
 }  # fmt: skip
+# the budget's name is not part of the recipe: the values it resolved to are
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -205,6 +218,7 @@ def resolve(values: dict[str, Any]) -> RunConfig:
     _choice(cfg.wandb, WANDB_MODES, "wandb")
     _choice(cfg.noise_kind, NOISE_KINDS, "noise_kind")
     _choice(cfg.optimizer, OPTIMIZERS, "optimizer")
+    _choice(cfg.budget, BUDGETS, "budget")
     if not cfg.methods:
         raise UserError(f"--methods is empty; valid choices: {', '.join(METHODS)}")
     for m in cfg.methods:
@@ -252,14 +266,37 @@ def resolve(values: dict[str, Any]) -> RunConfig:
     if cfg.task == "cls" and cfg.arch is not None:
         raise UserError("--arch is the SMP architecture of --task seg; a classifier is named by --model alone")
     _check_dataset(cfg)
-    for k, v in DATASET_BUDGETS.get(cfg.dataset, {}).items():
-        if getattr(cfg, k) is None:
-            setattr(cfg, k, v)
+    _apply_budget(cfg, values)
     cfg.epochs = cfg.epochs or defaults["epochs"]
     cfg.batch_size = cfg.batch_size or defaults["batch_size"]
     _check_growth(cfg, values)
     cfg.model = expand_models(cfg.model, cfg.task)
     return cfg
+
+
+def _apply_budget(cfg: RunConfig, given: dict[str, Any]) -> None:
+    """Resolve `auto` by the device (CUDA: converged, else quick) and fill what the user left unset from the
+    dataset's budget; the resolved name is kept in `cfg.budget` (recorded, not hashed)."""
+    if cfg.budget == "auto":
+        from zoo.runtime import resolve_device
+
+        cfg.budget = "converged" if resolve_device(cfg.device).type == "cuda" else "quick"
+    for k, v in DATASET_BUDGETS.get(cfg.dataset, {}).get(cfg.budget, {}).items():
+        if given.get(k) is None:
+            setattr(cfg, k, v)
+
+
+def budget_note(cfg: RunConfig) -> str:
+    """One line for the end of a run: which budget ran, with what, and where the other one is."""
+    size = f"{cfg.img_size} px, " if cfg.img_size else ""
+    n = f"{cfg.train_size or 'all'} train / {cfg.eval_size or 'all'} eval images"
+    what = f"budget: {cfg.budget} ({cfg.epochs} epochs, {size}{n}, lr {cfg.lr:g}"
+    if cfg.budget == "quick":
+        return f"{what}; the CPU default: the converged recipe is `--budget converged`, its leaderboard: {_BOARD})"
+    return f"{what}; the recipe the leaderboards report, the CUDA default; a quick CPU run is `--budget quick`)"
+
+
+_BOARD = "leaderboards/README.md"
 
 
 def _check_growth(cfg: RunConfig, given: dict[str, Any]) -> None:

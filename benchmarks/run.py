@@ -13,8 +13,9 @@ Every bench is built from the same `RunConfig` (benchmarks/config.py) by the sam
 defaults < `--config` YAML < flags. The resolved config is saved as `<out>/<run id>/config.yaml`, and every row a
 bench appends to `leaderboards/` carries the run id. Exit codes: 0 done, 1 a run failed (a bug, or a non-finite
 loss), 2 the request is impossible (a `zoo.errors.UserError`: one line, no traceback), 130 interrupted (a checkpoint
-was saved; use --resume). The default budget (digits: 3 epochs; shapes at 32×32, 128 train images, 2 epochs) takes
-a few minutes on 2 CPU cores.
+was saved; use --resume). `--budget` names the recipe of what the user leaves unset (`DATASET_BUDGETS` in
+benchmarks/config.py): `quick`, the default on CPU (minutes on 2 cores), or `converged`, the default on CUDA (the
+recipe the leaderboards report); the run's last lines say which ran.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from zoo import METHODS, TASKS, UserError
 from zoo.runtime import resolve_device
 from zoo.train import OPTIMIZERS
 
-from .config import BENCHES, ENGINE_ORDER, NOISE_KINDS, WANDB_MODES, load_yaml, resolve
+from .config import BENCHES, BUDGETS, ENGINE_ORDER, NOISE_KINDS, WANDB_MODES, budget_note, load_yaml, resolve
 
 __all__ = ["build_parser", "main", "config_from_args"]
 
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--noise-rates", metavar="LIST", help="comma-separated training label-noise rates in [0, 1) (default: 0; "
       "noise bench: 0,0.2,0.4,0.6)")  # fmt: skip
     a("--noise-kind", choices=NOISE_KINDS, help="label noise kind (default: symmetric)")
-    a("--epochs", type=int, metavar="N", help="training epochs (default: 3 for cls, 2 for seg)")
+    a("--budget", metavar="NAME", help=f"{', '.join(BUDGETS)}: the dataset's recipe for what is left unset (epochs, "
+      "image size, train/eval images, lr); auto is converged on CUDA, quick otherwise; flags always win (default: "
+      "auto)")  # fmt: skip
+    a("--epochs", type=int, metavar="N", help="training epochs (default: the budget's, else 3 for cls, 2 for seg)")
     a("--batch-size", type=int, metavar="N", help="batch size (default: 64 for cls, 16 for seg)")
     a("--seeds", metavar="LIST", help="comma-separated seeds; rows report mean ± std over them (default: 0)")
     a("--num-blocks", type=int, metavar="K", help="merge the model's stages into K blocks (default: natural stages)")
@@ -75,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", metavar="DIR", help="parent folder of run folders (default: runs)")
     a("--resume", metavar="RUN_DIR", help="continue an interrupted run folder with its saved config")
     a("--leaderboard-dir", metavar="DIR", help="where leaderboard CSVs are appended (default: leaderboards)")
-    a("--img-size", type=int, metavar="PX", help="input resolution (default: the dataset's; 32 for seg's budget)")
-    a("--train-size", type=int, metavar="N", help="train on only N images (default: all; seg: 128)")
-    a("--eval-size", type=int, metavar="N", help="validate and test on only N images each (default: all; seg: 64)")
+    a("--img-size", type=int, metavar="PX", help="input resolution (default: the budget's, else the dataset's)")
+    a("--train-size", type=int, metavar="N", help="train on only N images (default: the budget's, else all)")
+    a("--eval-size", type=int, metavar="N", help="validate and test on only N images each (default: the budget's, "
+      "else all)")  # fmt: skip
     a("--model-kwargs", metavar="K=V,...", help="extra zoo.create_model arguments, e.g. width=0.25,projector=flatten")
     a("--optimizer", choices=OPTIMIZERS, help="optimizer (default: adamw)")
-    a("--lr", type=float, metavar="LR", help="peak learning rate, cosine decay (default: 0.002)")
+    a("--lr", type=float, metavar="LR", help="peak learning rate, cosine decay (default: the budget's, else 0.002)")
     a("--weight-decay", type=float, metavar="WD", help="weight decay (default: 0.0005)")
     a("--train-aug", action="store_true", help="use the dataset's training augmentation (default: off)")
     a("--no-bn-recalib", dest="bn_recalib", action="store_false", help="evaluate with BatchNorm running statistics "
@@ -226,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"run {run_id} → {run_dir}" + (" (resumed)" if resume else ""))
     what = f"{cfg.bench}: models {', '.join(cfg.model)} | methods {', '.join(cfg.methods)} | {cfg.task} on "
     log(what + f"{cfg.dataset} | seeds {cfg.seeds} | epochs {cfg.epochs} | batch {cfg.batch_size} | W&B {cfg.wandb}")
+    log(budget_note(cfg))
     if cfg.wandb == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -255,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.wandb == "offline":
         wb = f"{run_dir}/runs/*/wandb"
         log(f"W&B offline runs are in {wb}; upload with `wandb sync {wb}/offline-run-*`")
+    log(budget_note(cfg))
     log(f"done: {run_dir}")
     return 0
 

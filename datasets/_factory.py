@@ -24,6 +24,7 @@ from .noise import (
     corrupt_labels,
     corrupt_masks,
     find_regions,
+    flip_counts,
     plan_region_noise,
 )
 from .transforms import build_cls_transform, build_seg_transform
@@ -151,28 +152,34 @@ def _apply_noise(ds: _Base, rate: float, kind: str, seed: int) -> None:
         ds.targets, flipped = corrupt_labels(ds.clean_targets, ds.info.num_classes, rate, kind, seed)
         idx = torch.nonzero(flipped).flatten().tolist()
         audit.update(num_samples=len(flipped), num_flipped=len(idx), flipped_indices=idx)
+        clean = torch.as_tensor(ds.clean_targets).reshape(-1).tolist()
+        noisy = torch.as_tensor(ds.targets).reshape(-1).tolist()
+        audit.update(flip_counts([(clean[i], noisy[i]) for i in idx], ds.info.num_classes))
     elif isinstance(ds, TensorSegDataset):
         ds.masks, plan = corrupt_masks(ds.clean_masks, ds.info.num_classes, rate, seed, ign, 0, kind)
         ds.masks = ds.masks.to(ds.clean_masks.dtype)
-        _seg_audit(audit, plan, sum(len(find_regions(m, ign)[1]) for m in ds.clean_masks))
+        _seg_audit(audit, plan, sum(len(find_regions(m, ign)[1]) for m in ds.clean_masks), ds.info.num_classes)
     elif isinstance(ds, FileSegDataset):
         # one pass over the masks to count regions; the plan is replayed per item in __getitem__
         classes = [find_regions(ds.load_mask(i), ign)[1] for i in range(len(ds))]
         plan = plan_region_noise(classes, ds.info.num_classes, rate, kind, seed)
         for i, r, old, new in plan:
             ds.relabel_plan.setdefault(i, []).append((r, old, new))
-        _seg_audit(audit, plan, sum(map(len, classes)))
+        _seg_audit(audit, plan, sum(map(len, classes)), ds.info.num_classes)
     else:  # pragma: no cover - every registered builder returns one of the above
         raise TypeError(f"cannot apply noise to {type(ds).__name__}")
     ds.noise_audit = audit
 
 
-def _seg_audit(audit: dict[str, Any], plan: list[tuple[int, int, int, int]], num_regions: int) -> None:
+def _seg_audit(
+    audit: dict[str, Any], plan: list[tuple[int, int, int, int]], num_regions: int, num_classes: int
+) -> None:
     audit.update(
         num_regions=num_regions,
         num_flipped=len(plan),
         flipped_indices=sorted({p[0] for p in plan}),
         relabelled=[list(p) for p in plan],
+        **flip_counts([(p[2], p[3]) for p in plan], num_classes),  # regions, by their true class
     )
 
 

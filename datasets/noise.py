@@ -47,6 +47,7 @@ __all__ = [
     "find_regions",
     "plan_region_noise",
     "apply_region_relabels",
+    "flip_counts",
     "save_audit",
 ]
 
@@ -246,6 +247,17 @@ def corrupt_masks(
     if isinstance(masks, (torch.Tensor, np.ndarray)):
         return (torch.stack(noisy) if noisy else torch.as_tensor(np.asarray(masks)).long()), plan
     return noisy, plan
+
+
+def flip_counts(changes: Sequence[tuple[int, int]], num_classes: int) -> dict[str, Any]:
+    """Audit counts of `(true class, noisy class)` changes: `flips_per_class` (index = true class, every class listed)
+    and `transitions` (`[true, noisy, count]`, sorted)."""
+    per_class = [0] * num_classes
+    pairs: dict[tuple[int, int], int] = {}
+    for old, new in changes:
+        per_class[int(old)] += 1
+        pairs[(int(old), int(new))] = pairs.get((int(old), int(new)), 0) + 1
+    return {"flips_per_class": per_class, "transitions": [[a, b, n] for (a, b), n in sorted(pairs.items())]}
 
 
 def save_audit(audit: dict[str, Any] | None, path: str | os.PathLike) -> None:

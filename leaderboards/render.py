@@ -3,8 +3,11 @@
 Never edit the CSVs by hand: the harness appends them. For each setup (model, its kwargs, input size, dataset,
 budget) and noise rate the latest row per method wins. Tables put each method beside BP: the difference is the mean
 over seeds of the paired per-seed difference (same seed, same data order and noise draw), ± its standard deviation.
-Plots: metric vs noise rate per method, test metric per block, step time and peak memory per method.
-The README keeps everything outside the generated markers as written.
+Plots: metric vs noise rate per method, test metric per block, step time and peak memory per method, and one
+learning-curve PNG per recipe (`curves_<task>_<dataset>_<config hash>.png`, from `curves_*.csv`: validation metric
+per epoch, mean over seeds with the min–max band, one panel per noise rate). A noise leaderboard's `*_audit.csv`
+(what flipped, per seed) is summarised under its tables. The README keeps everything outside the generated markers
+as written. This module reads CSVs only: it imports nothing of the repository outside `leaderboards`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["load_board", "render", "main", "paired_diff", "BEGIN", "END"]
 
@@ -312,14 +316,107 @@ def _grow_section(path: Path) -> list[str]:
     return out + [""]
 
 
+def _latest_runs(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Curve rows of the latest run per (recipe, model, method, noise rate, seed): a rerun supersedes the older."""
+    key = lambda r: tuple(r.get(k) for k in ("config_hash", "model", "method", "noise_rate", "seed"))  # noqa: E731
+    last = {key(r): r.get("run_id") for r in rows}
+    return [r for r in rows if r.get("run_id") == last[key(r)]]
+
+
+def curve_title(r: dict[str, str], models: Sequence[str]) -> str:
+    size = f"{r['img_size']} px, " if r.get("img_size") else ""
+    budget = f", {r['budget']} budget" if r.get("budget") else ""
+    return (f"{', '.join(models)} on {r.get('dataset')}: {size}train {r.get('train_size')} images, {r.get('epochs')} "
+            f"epochs, lr {_f(r.get('lr')) or 0:g}{budget}")  # fmt: skip
+
+
+def _plot_curves(rows: list[dict[str, str]], path: Path) -> str:
+    """One recipe's validation curves: a panel per noise rate, a line per (model, method), mean over seeds with the
+    min–max band; returns the plot's title."""
+    models = sorted({r["model"] for r in rows})
+    rates = sorted({float(r["noise_rate"]) for r in rows})
+    fig, axes = plt.subplots(1, len(rates), figsize=(5.0 * len(rates), 3.8), squeeze=False)
+    for ax, rate in zip(axes[0], rates):
+        at = [r for r in rows if float(r["noise_rate"]) == rate]
+        lines = sorted({(r["model"], r["method"]) for r in at}, key=lambda mm: (mm[0], _method_key(mm[1])))
+        for model, method in lines:
+            by_epoch: dict[int, list[float]] = {}
+            for r in at:
+                v = _f(r.get("val_chosen"))
+                if r["model"] == model and r["method"] == method and v is not None:
+                    by_epoch.setdefault(int(r["epoch"]), []).append(v)
+            if not by_epoch:
+                continue
+            x = sorted(by_epoch)
+            mean = [statistics.fmean(by_epoch[e]) for e in x]
+            label = method if len(models) == 1 else f"{model} {method}"
+            style = ("-", "--", ":", "-.")[models.index(model) % 4]
+            ax.plot(x, mean, style, marker="o", markersize=3, label=label, color=COLORS.get(method))
+            ax.fill_between(x, [min(by_epoch[e]) for e in x], [max(by_epoch[e]) for e in x], alpha=0.15,
+                            color=COLORS.get(method, "#888888"))  # fmt: skip
+        ax.set_title(f"training label noise {rate:g}" if len(rates) > 1 else "", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"val {rows[0].get('metric', '')} (%), exit chosen that epoch")
+        ax.grid(alpha=0.3)
+    title = curve_title(rows[0], models)
+    fig.suptitle(title, fontsize=9)
+    _finish(fig, axes[0][0], path)
+    return title
+
+
+def _curves_section(path: Path) -> tuple[list[str], list[Path]]:
+    """One PNG per recipe (config hash) of a `curves_*.csv`, and the README lines that link them."""
+    with open(path, newline="") as f:
+        rows = _latest_runs(list(csv.DictReader(f)))
+    recipes: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        recipes.setdefault(r.get("config_hash") or "none", []).append(r)
+    md: list[str] = []
+    written: list[Path] = []
+    for h, rs in recipes.items():
+        png = path.with_name(f"{path.stem}_{h}.png")
+        title = _plot_curves(rs, png)
+        written.append(png)
+        seeds = sorted({int(r["seed"]) for r in rs})
+        md.append(f"- [{title}]({png.name}) (recipe `{h}`, seeds {', '.join(map(str, seeds))})")
+    return md, written
+
+
+def _audit_section(path: Path) -> list[str]:
+    """The label-noise audit beside a leaderboard: flipped against round(rate · N) per seed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return []
+    out = [f"Noise audit ([{path.name}]({path.name})): what flipped in each noisy training set, the same for every "
+           "method.", "", "| recipe | kind | rate | seed | flipped / expected | of | per true class |",
+           "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        out.append(
+            f"| {r.get('config_hash')} | {r.get('noise_kind')} | {_f(r.get('noise_rate')) or 0:g} | {r.get('seed')} "
+            f"| {r.get('num_flipped')} / {r.get('expected')} | {r.get('num_items')} {r.get('unit')} "
+            f"| {(r.get('flips_per_class') or '').replace(';', ' ')} |"
+        )
+    return out + [""]
+
+
 def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = None) -> list[Path]:
     """Regenerate the README's generated part and every PNG; returns the files written."""
     board_dir = Path(board_dir)
     readme = Path(readme) if readme else board_dir / "README.md"
     written: list[Path] = []
     md: list[str] = [BEGIN, "", "_Generated from the CSVs in this folder; do not edit between the markers._", ""]
+    curves: list[str] = []
     for csv_path in sorted(board_dir.glob("*.csv")):
         stem = csv_path.stem
+        if stem.endswith("_audit"):
+            continue  # under its leaderboard's tables
+        if stem.startswith("curves_"):
+            lines, pngs = _curves_section(csv_path)
+            curves += lines
+            written += pngs
+            continue
         if stem.startswith("speed_"):
             md += _speed_section(csv_path)
             continue
@@ -359,11 +456,18 @@ def render(board_dir: str | Path = "leaderboards", readme: str | Path | None = N
             md += findings + [""]
         for rs in groups.values():
             md += [f"### {setup_name(rs[0])}", "", _setup_line(rs[0]), ""] + _table(rs) + [""]
+        audit = csv_path.with_name(f"{stem}_audit.csv")
+        if audit.is_file():
+            md += _audit_section(audit)
         for suffix, fn in (("noise", _plot_noise), ("blocks", _plot_blocks), ("cost", _plot_cost)):
             png = fn(groups, board_dir / f"{stem}_{suffix}.png")
             if png:
                 written.append(png)
                 md += [f"![{stem} {suffix}]({png.name})", ""]
+    if curves:
+        note = ("Validation metric per epoch of the exit chosen that epoch (BP: its last), mean over seeds with the "
+                "min–max band; one plot per recipe (config hash).")  # fmt: skip
+        md += ["## Learning curves", "", note, "", *curves, ""]
     md.append(END)
     text = readme.read_text() if readme.exists() else "# Leaderboards\n\n"
     if BEGIN in text and END in text:

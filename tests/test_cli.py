@@ -106,6 +106,7 @@ def test_safe_run_turns_into_noop_after_a_failure():
         (["--model-kwargs", "width"], "key=value"),
         (["--bench", "pipeline", "--micro-batches", "2,0"], "--micro-batches must be positive"),
         (["--bench", "pipeline", "--micro-batches", "2,four"], "as a list of int"),
+        (["--budget", "bad"], "valid choices: auto, quick, converged"),
     ],
 )
 def test_bad_values_exit_2_with_choices(argv, needle, capsys, tmp_path):
@@ -128,7 +129,7 @@ def test_help_documents_every_flag():
     text = build_parser().format_help()
     for flag in ("--model", "--task", "--arch", "--methods", "--bench", "--dataset", "--data-root", "--noise-rates",
                  "--noise-kind", "--epochs", "--batch-size", "--seeds", "--num-blocks", "--device", "--wandb", "--out",
-                 "--resume", "--stages", "--micro-batches", "--leaderboard-dir", "--config"):  # fmt: skip
+                 "--resume", "--stages", "--micro-batches", "--leaderboard-dir", "--config", "--budget"):  # fmt: skip
         assert flag in text
 
 
@@ -220,3 +221,89 @@ def test_config_hash_names_the_recipe_not_the_seeds_or_outputs():
     other, _ = config_from_args(["--model", "paper_vgg", "--lr", "0.02"])
     assert base.config_hash() == same.config_hash() != other.config_hash()
     assert len(base.config_hash()) == 12
+
+
+# ------------------------------------------------------------------------------------------ budgets
+
+
+def test_budget_auto_is_quick_on_cpu_and_converged_on_cuda(monkeypatch):
+    import torch
+
+    import zoo.runtime
+    from benchmarks.config import DATASET_BUDGETS
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg, _ = config_from_args(["--model", "resnet18", "--task", "seg"])
+    quick = DATASET_BUDGETS["shapes"]["quick"]
+    assert cfg.budget == "quick" and {k: getattr(cfg, k) for k in quick} == quick
+    digits, _ = config_from_args(["--model", "paper_vgg"])
+    assert (digits.budget, digits.epochs, digits.train_size) == ("quick", DATASET_BUDGETS["digits"]["quick"]["epochs"],
+                                                                 None)  # fmt: skip
+    monkeypatch.setattr(zoo.runtime, "resolve_device", lambda name="auto": torch.device("cuda"))
+    cfg, _ = config_from_args(["--model", "resnet18", "--task", "seg"])
+    conv = DATASET_BUDGETS["shapes"]["converged"]
+    assert cfg.budget == "converged" and {k: getattr(cfg, k) for k in conv} == conv
+
+
+def test_budget_values_the_user_sets_win_and_the_name_is_not_hashed(tmp_path):
+    from benchmarks.config import DATASET_BUDGETS
+
+    conv = DATASET_BUDGETS["shapes"]["converged"]
+    cfg, _ = config_from_args(["--task", "seg", "--budget", "converged", "--epochs", "2", "--lr", "0.01"])
+    assert (cfg.budget, cfg.epochs, cfg.lr, cfg.train_size) == ("converged", 2, 0.01, conv["train_size"])
+    (tmp_path / "c.yaml").write_text("budget: converged\nimg_size: 32\n")
+    cfg, _ = config_from_args(["--task", "seg", "--config", str(tmp_path / "c.yaml")])
+    assert (cfg.img_size, cfg.epochs) == (32, conv["epochs"])  # the YAML's value wins too
+    quick, _ = config_from_args(["--task", "seg", "--budget", "quick"])
+    q = DATASET_BUDGETS["shapes"]["quick"]
+    spelled = [f"--{k.replace('_', '-')}={v}" for k, v in q.items()]
+    same, _ = config_from_args(["--task", "seg", "--budget", "converged", *spelled])
+    assert same.budget == "converged" and same.config_hash() == quick.config_hash()  # resolved values, not the name
+    converged, _ = config_from_args(["--task", "seg", "--budget", "converged"])
+    assert converged.config_hash() != quick.config_hash()
+    assert "budget" not in quick.recipe()
+
+
+def test_noise_run_writes_curves_audit_and_a_publishable_checkpoint(tmp_path):
+    from benchmarks import publish
+    from leaderboards.render import main as render
+
+    argv = [*TINY_CLS, "--train-size", "100", "--noise-rates", "0.4", "--seeds", "0,1", "--methods", "bp,deinforeg"]
+    rc, run_dir = _run(tmp_path, argv)
+    assert rc == 0
+    lb = tmp_path / "lb"
+    (row,) = [r for r in read_rows(lb / "noise_cls_digits.csv") if r["method"] == "deinforeg"]
+    assert row["budget"] == "quick" and "budget: quick" in (run_dir / "log.txt").read_text().splitlines()[-1 - 1]
+    # the audit: one row per seed (not per method), exactly round(0.4 · 100) flips, every flip in a class
+    audit = read_rows(lb / "noise_cls_digits_audit.csv")
+    assert [r["seed"] for r in audit] == ["0", "1"]
+    for r in audit:
+        assert int(r["num_flipped"]) == int(r["expected"]) == round(0.4 * 100) and r["train_size"] == "100"
+        assert sum(int(c.split(":")[1]) for c in r["flips_per_class"].split(";")) == int(r["num_flipped"])
+        assert sum(int(t.split(":")[1]) for t in r["transitions"].split(";")) == int(r["num_flipped"])
+        assert r["config_hash"] == row["config_hash"] and r["run_id"] == row["run_id"]
+    # the curves: one row per run and epoch; the chosen exit's validation metric is the best block's
+    curves = read_rows(lb / "curves_cls_digits.csv")
+    assert len(curves) == 4 and {c["config_hash"] for c in curves} == {row["config_hash"]}
+    for c in curves:
+        key = f"{c['model']}-{c['method']}-noise0.4-seed{c['seed']}"
+        (rec,) = [json.loads(line) for line in (run_dir / "runs" / key / "metrics.jsonl").read_text().splitlines()]
+        want = rec["val_last"] if c["method"] == "bp" else max(v for v in rec["val_per_block"] if v is not None)
+        assert float(c["val_chosen"]) == pytest.approx(want, abs=1e-4) and c["epoch"] == "1"
+    # the checkpoint carries its recipe; published, the manifest entry names it, the exit and the test metric
+    ckpt = run_dir / "runs" / "paper_vgg-deinforeg-noise0.4-seed0" / "checkpoint"
+    saved = json.loads((ckpt / "config.json").read_text())
+    assert saved["config_hash"] == row["config_hash"] and saved["recipe"]["lr"] == float(row["lr"])
+    manifest = tmp_path / "zoo" / "manifest.json"
+    assert publish.main([str(ckpt), "--name", "paper_vgg.noisy_digits", "--manifest", str(manifest)]) == 0
+    entry = json.loads(manifest.read_text())["paper_vgg.noisy_digits"]
+    assert entry["config_hash"] == row["config_hash"] and entry["budget"] == "quick"
+    assert {"val_accuracy", "test_accuracy"} <= set(entry["metrics"])
+    assert entry["exit_policy"] == "best" and entry["exit_block"] == saved["best_block"] + 1
+    # the renderer draws the recipe's curves and lists the audit
+    (lb / "README.md").write_text("# Leaderboards\n")
+    assert render(["--dir", str(lb)]) == 0
+    text = (lb / "README.md").read_text()
+    png = f"curves_cls_digits_{row['config_hash']}.png"
+    assert "## Learning curves" in text and f"]({png})" in text and (lb / png).stat().st_size > 5000
+    assert "noise_cls_digits_audit.csv" in text and "| 40 / 40 | 100 labels |" in text

@@ -198,6 +198,13 @@ def test_dataset_noise_audit_is_saved_and_matches(tmp_path):
     assert audit["num_flipped"] == round(0.2 * len(ds)) == len(audit["flipped_indices"])
     diff = torch.nonzero(ds.targets != ds.clean_targets).flatten().tolist()
     assert diff == audit["flipped_indices"]
+    # per true class and per transition: they account for every flip
+    per_class = audit["flips_per_class"]
+    assert len(per_class) == 10 and sum(per_class) == audit["num_flipped"]
+    for c in range(10):
+        assert per_class[c] == int((ds.clean_targets[torch.tensor(diff, dtype=torch.long)] == c).sum())
+    assert sum(n for _, _, n in audit["transitions"]) == audit["num_flipped"]
+    assert all(a != b for a, b, _ in audit["transitions"])
     save_audit(audit, tmp_path / "noise.json")
     assert json.loads((tmp_path / "noise.json").read_text()) == audit
     assert datasets.create_dataset("digits", "train").noise_audit is None
@@ -218,6 +225,8 @@ def test_shapes_noise_on_dataset():
     assert audit["num_flipped"] == round(0.3 * audit["num_regions"]) == len(audit["relabelled"])
     changed = {i for i in range(len(ds)) if not torch.equal(ds.masks[i], ds.clean_masks[i])}
     assert changed == set(audit["flipped_indices"])
+    assert audit["flips_per_class"][0] == 0 and sum(audit["flips_per_class"]) == audit["num_flipped"]
+    assert sorted((a, b) for a, b, _ in audit["transitions"]) == sorted({(p[2], p[3]) for p in audit["relabelled"]})
     assert datasets.create_dataset("shapes", "val", size=4, image_size=32).noise_audit is None
 
 

@@ -65,12 +65,15 @@ def test_published_checkpoint_reproduces_its_metric(name: str, cache: Path):
 def test_publish_cli_round_trip(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     m = zoo.create_model("paper_vgg", method="greedy", width=0.125, img_size=16)
-    src = ck.save_checkpoint(m, tmp_path / "run" / "checkpoint", metadata={"dataset": "digits", "image_size": 16})
+    meta = {"dataset": "digits", "image_size": 16, "config_hash": "0123456789ab"}  # the harness saves the hash
+    src = ck.save_checkpoint(m, tmp_path / "run" / "checkpoint", metadata=meta)
     manifest = tmp_path / "zoo" / "manifest.json"
     rc = publish.main([str(src), "--name", "paper_vgg.tiny_digits", "--half", "--manifest", str(manifest)])
     assert rc == 0
     entry = json.loads(manifest.read_text())["paper_vgg.tiny_digits"]
     assert entry["weights_dtype"] == "float16" and entry["source"] == "paper_vgg.tiny_digits"
+    assert entry["config_hash"] == "0123456789ab" and {"val_accuracy", "test_accuracy"} <= set(entry["metrics"])
+    assert entry["exit_policy"] == "best" and entry["exit_block"] == entry["best_block"] + 1
     assert not (tmp_path / "zoo" / "paper_vgg.tiny_digits" / ck.TRAINING_STATE_NAME).exists()
     monkeypatch.setenv(hub.MANIFEST_ENV, str(manifest))
     pulled = zoo.create_model("paper_vgg.tiny_digits", pretrained=True)

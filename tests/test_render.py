@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import accuracy, throughput
+from benchmarks import accuracy, sidecars, throughput
 from benchmarks.results import append_rows
 from leaderboards.render import BEGIN, END, main, paired_diff
 
@@ -54,3 +54,37 @@ def test_paired_diff_pairs_by_seed():
     b = {"seeds": "2;1;0", "metric_per_seed": "29;19;9"}
     mean, std, n = paired_diff(a, b)
     assert (mean, std, n) == (1.0, 0.0, 3)
+
+
+def _curve(method, rate, seed, epoch, val, run_id="r1", h="abc123def456"):
+    return {
+        "bench": "noise", "task": "cls", "dataset": "digits", "model": "paper_vgg", "img_size": 16, "train_size": 512,
+        "epochs": 4, "lr": 0.002, "budget": "quick", "method": method, "noise_kind": "symmetric", "noise_rate": rate,
+        "seed": seed, "epoch": epoch, "metric": "accuracy", "val_chosen": val, "val_last": val, "config_hash": h,
+        "run_id": run_id,
+    }  # fmt: skip
+
+
+def test_render_draws_one_learning_curve_plot_per_recipe(tmp_path):
+    rows = [_curve(m, rate, s, e, 10 * e + s + (5 if m == "deinforeg" else 0) - 20 * rate)
+            for m in ("bp", "deinforeg") for rate in (0.0, 0.4) for s in (0, 1) for e in range(1, 5)]  # fmt: skip
+    rows += [_curve("bp", 0.0, 0, e, 99.0, run_id="r0", h="0123456789ab") for e in (1, 2)]  # another recipe
+    rows += [_curve("bp", 0.0, 0, e, 1.0, run_id="r2") for e in range(1, 5)]  # a rerun supersedes bp seed 0
+    sidecars_path = tmp_path / "curves_cls_digits.csv"
+    append_rows(sidecars_path, rows, sidecars.CURVE_COLUMNS)
+    assert main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "## Learning curves" in text
+    for h in ("abc123def456", "0123456789ab"):
+        png = tmp_path / f"curves_cls_digits_{h}.png"
+        assert png.stat().st_size > 5000 and f"]({png.name})" in text
+    assert "paper_vgg on digits: 16 px, train 512 images, 4 epochs, lr 0.002, quick budget" in text
+    assert "## curves_cls_digits" not in text  # not rendered as a leaderboard
+
+
+def test_latest_curve_rows_win():
+    from leaderboards.render import _latest_runs
+
+    rows = [_curve("bp", 0.0, 0, 1, 5.0, "r1"), _curve("bp", 0.0, 0, 1, 7.0, "r2"), _curve("bp", 0.0, 1, 1, 6.0, "r1")]
+    rows = [{k: str(v) for k, v in r.items()} for r in rows]
+    assert [r["val_chosen"] for r in _latest_runs(rows)] == ["7.0", "6.0"]

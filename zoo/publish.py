@@ -4,7 +4,9 @@ The library takes the evaluation data as loaders (`splits={"val": loader, "test"
 dataset by name. The command line that resolves the checkpoint's dataset and hands the loaders over is the
 harness's: `python -m benchmarks.publish RUN_DIR/.../checkpoint --name resnet18.deinforeg_digits --half`.
 Metrics are measured on the published weights (after the cast), through `model(x)` with the checkpoint's exit
-policy, so the manifest records what a user pulling the checkpoint gets.
+policy, so the manifest records what a user pulling the checkpoint gets: validation and test metric, the exit
+(`exit_policy`, `exit_block`) and, for a harness checkpoint, the `config_hash` of its recipe (its leaderboard rows
+carry the same hash).
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def evaluate(model: DecoupledModel, loader: Iterable) -> tuple[str, float]:
     for x, y in loader:
         mat.update(model(x.to(device)), y.to(device))
     return metric_name(model.task), mat.score(model.task)
+
+
+def _exit_block(config: Mapping[str, Any]) -> int | None:
+    """The block (1-based) whose head `model(x)` predicts with: the one chosen on validation for `best`, the last
+    for `last`; None for `adaptive` (it depends on the input)."""
+    policy = config.get("exit_policy")
+    if policy == "best":
+        return int(config["best_block"]) + 1
+    return int(config["num_blocks"]) if policy == "last" else None
 
 
 def _write_manifest_entry(manifest: Path, name: str, entry: dict[str, Any]) -> None:
@@ -124,10 +135,11 @@ def publish(
         "weights_dtype": config["weights_dtype"],
         "exit_policy": config["exit_policy"],
         "best_block": config["best_block"],
+        "exit_block": _exit_block(config),
         "description": description
         or f"{config['architecture']} trained with {config['method']} on {keep.get('dataset')}",
     }
-    for k in ("growth", "config_hash"):
+    for k in ("growth", "config_hash", "budget"):  # config_hash: the recipe of the leaderboard rows the run made
         if k in keep:
             entry[k] = keep[k]
     if default:
