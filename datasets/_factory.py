@@ -250,8 +250,9 @@ def _shapes(
     seed: int,
     size: int | None = None,
     noise_std: float = 0.08,
+    overlap: bool = False,
 ) -> _Base:
-    x, m = embedded.generate_shapes(split, size, info.image_size, seed, noise_std)
+    x, m = embedded.generate_shapes(split, size, info.image_size, seed, noise_std, overlap)
     transform = build_seg_transform(info, train_aug and split == "train", flips="hv")
     return TensorSegDataset(x, m, info, split, transform)
 

@@ -5,11 +5,17 @@ digits: scikit-learn's bundled UCI handwritten digits (1,797 real 8x8 images, 10
 `seed` argument) so every run evaluates on the same images: 1,078 / 360 / 359.
 
 shapes: procedurally generated segmentation, 4 classes: background, ellipse, rectangle, triangle. Each 64x64 image
-(default) holds 2-5 rotated shapes of random size that may overlap (later ones occlude earlier ones, and the mask
-follows the occlusion), on a background made of a smooth random colour field, random stripes and 0-2 thin line
-distractors, plus Gaussian pixel noise. Shape colours and textures are drawn independently of the class from the
-same distribution as the background, so only geometry tells the classes apart. Image i of a split depends only on
-(seed, split, i): default sizes are 600 / 150 / 150 images, set with `size=`; resolution with `image_size=`.
+(default) holds 4-7 rotated shapes of random size (ellipses and rectangles of aspect up to 1.5, triangles from
+equilateral to moderately skewed) placed apart from each other (a shape that finds no free place after 30 tries is left
+out), on a background made of a smooth random colour field, random stripes and 0-2 thin line distractors, plus Gaussian
+pixel noise. Shape colours and textures are drawn independently of the class from the same distribution as the
+background, so only geometry tells the classes apart; a shape's colour is redrawn until it differs from the image under
+it by at least 0.3 (RGB distance), so its outline is visible. Image i of a split depends only on (seed, split, i):
+default sizes are 600 / 150 / 150 images, set with `size=`; resolution with `image_size=`.
+
+`overlap=True` gives the generator before 2026-11-26: 2-5 shapes that may occlude each other, no contrast rule (the
+shape geometry of the current one). Learning on it was slower: Unet-resnet18 BP at 64 px, 300 steps of batch 16,
+33.4 validation mIoU on the old generator against 38.4 on this one (see leaderboards/README.md).
 """
 
 from __future__ import annotations
@@ -76,18 +82,18 @@ def _shape_mask(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarr
     # coordinates in the shape's rotated frame
     u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
     v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
-    if cls == 1:  # ellipse, aspect up to 2 so it is not always a circle
+    if cls == 1:  # ellipse, aspect up to 1.5 so it is not always a circle
         a = rng.uniform(0.12, 0.28) * size
-        b = a / rng.uniform(1.0, 2.0)
+        b = a / rng.uniform(1.0, 1.5)
         return (u / a) ** 2 + (v / b) ** 2 <= 1.0
     if cls == 2:  # rectangle
         a = rng.uniform(0.11, 0.26) * size
-        b = a / rng.uniform(1.0, 2.0)
+        b = a / rng.uniform(1.0, 1.5)
         return (np.abs(u) <= a) & (np.abs(v) <= b)
-    # triangle: three vertices at jittered angles around the centre, so shapes range from equilateral to thin
+    # triangle: three vertices at jittered angles around the centre, from equilateral to moderately skewed
     r = rng.uniform(0.2, 0.38) * size
-    angles = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.45, 0.45, size=3)
-    px, py = r * np.cos(angles), r * np.sin(angles) * rng.uniform(0.6, 1.0)
+    angles = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.3, 0.3, size=3)
+    px, py = r * np.cos(angles), r * np.sin(angles) * rng.uniform(0.75, 1.0)
     inside_pos = np.ones_like(u, dtype=bool)
     inside_neg = np.ones_like(u, dtype=bool)
     for k in range(3):
@@ -98,7 +104,23 @@ def _shape_mask(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarr
     return inside_pos | inside_neg
 
 
-def _render_one(seed: int, split: int, index: int, size: int, noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+_PLACEMENT_TRIES = 30
+_MIN_CONTRAST = 0.3  # RGB distance between a shape's colour and the mean of the image it covers
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """`mask` dilated by one pixel (4-neighbourhood)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _render_one(
+    seed: int, split: int, index: int, size: int, noise_std: float, overlap: bool
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, split, index, 1009])))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     # background: smooth colour field (a random 4x4 grid of colours, bilinearly upsampled) plus a random grating
@@ -115,10 +137,25 @@ def _render_one(seed: int, split: int, index: int, size: int, noise_std: float) 
         t = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
         line = (xx - p0[0] - t * d[0]) ** 2 + (yy - p0[1] - t * d[1]) ** 2 <= (rng.uniform(0.6, 1.5)) ** 2
         image[:, line] = _random_colour(rng)[:, None]
-    for _ in range(rng.integers(2, 6)):
+    occupied = np.zeros((size, size), dtype=bool)  # shapes so far, grown by a pixel: a new shape keeps clear of them
+    for _ in range(rng.integers(4, 8) if not overlap else rng.integers(2, 6)):
         cls = int(rng.integers(1, 4))
         inside = _shape_mask(rng, cls, yy, xx, size)
+        if not overlap:
+            for _ in range(_PLACEMENT_TRIES):
+                if not (inside & occupied).any():
+                    break
+                inside = _shape_mask(rng, cls, yy, xx, size)
+            else:
+                continue  # no free place for it: this image holds one shape fewer
+            occupied |= _grow(inside)
         colour = _random_colour(rng)
+        if not overlap:  # the outline must be visible: the colour differs from the image under the shape
+            under = image[:, inside].mean(axis=1)
+            for _ in range(_PLACEMENT_TRIES):
+                if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
+                    break
+                colour = _random_colour(rng)
         texture = rng.uniform(0.0, 0.25) * _stripes(rng, yy, xx, size)
         image[:, inside] = (colour[:, None] + texture[inside][None]).astype(np.float32)
         mask[inside] = cls
@@ -128,7 +165,12 @@ def _render_one(seed: int, split: int, index: int, size: int, noise_std: float) 
 
 @functools.lru_cache(maxsize=8)
 def generate_shapes(
-    split: str, size: int | None = None, image_size: int = 64, seed: int = 0, noise_std: float = 0.08
+    split: str,
+    size: int | None = None,
+    image_size: int = 64,
+    seed: int = 0,
+    noise_std: float = 0.08,
+    overlap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [n, 3, S, S] in [0, 1] and masks [n, S, S] (uint8 class ids) of one shapes split.
 
@@ -137,7 +179,7 @@ def generate_shapes(
     n = SHAPES_SIZES[split] if size is None else int(size)
     if n < 0 or image_size < 8:
         raise DatasetError(f"shapes needs size >= 0 and image_size >= 8, got size={n}, image_size={image_size}")
-    pairs = [_render_one(seed, _SPLIT_CODE[split], i, image_size, noise_std) for i in range(n)]
+    pairs = [_render_one(seed, _SPLIT_CODE[split], i, image_size, noise_std, overlap) for i in range(n)]
     images = torch.from_numpy(np.stack([p[0] for p in pairs])) if pairs else torch.zeros(0, 3, image_size, image_size)
     masks = torch.from_numpy(np.stack([p[1] for p in pairs])) if pairs else torch.zeros(0, image_size, image_size)
     return images, masks.to(torch.uint8)

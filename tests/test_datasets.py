@@ -139,8 +139,8 @@ def test_joint_seg_transform_keeps_mask_aligned():
         img = m.float().expand(3, -1, -1) / 3  # the image encodes the mask: geometry must match after transform
         xi, mi = t(img, m)
         assert xi.shape == (3, 32, 32) and mi.shape == (32, 32)
-        agree = (torch.round(xi[0] * 3).long() == mi).float().mean()
-        assert agree > 0.9
+        agree = (torch.round(xi[0] * 3).long() == mi).float().mean()  # bilinear image vs nearest mask: edges differ
+        assert agree > 0.85  # a mask flipped against its image agrees on 0.3-0.7 of the pixels here
 
 
 # ------------------------------------------------------------------------------------------ loaders
