@@ -17,7 +17,7 @@ from typing import Any
 
 from ._runner import RunSpec, train_one
 from .config import RunConfig
-from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, setup_columns
+from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, format_value, read_rows, setup_columns
 
 __all__ = ["COLUMNS", "run", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
 
@@ -92,11 +92,19 @@ def _join(values: Sequence[Any], fmt: str = "{:.2f}") -> str:
     return ";".join("-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v)) for v in values)
 
 
-def train_grid(cfg: RunConfig, run_dir: Path, run_id: str, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every (model, noise rate, seed, method) run, methods side by side; results in grid order."""
+def train_grid(
+    cfg: RunConfig,
+    run_dir: Path,
+    run_id: str,
+    log: Callable[[str], None] = print,
+    on_setting: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (model, noise rate, seed, method) run, methods side by side; results in grid order. `on_setting` gets
+    the results of each (model, noise rate) as soon as its seeds × methods are done (rows append as a grid goes)."""
     specs = [
         RunSpec(m, meth, s, r) for m in cfg.model for r in cfg.noise_rates for s in cfg.seeds for meth in cfg.methods
     ]
+    per_setting = len(cfg.seeds) * len(cfg.methods)
     results = []
     for i, spec in enumerate(specs):
         position = f"[{i + 1}/{len(specs)}] "
@@ -107,6 +115,8 @@ def train_grid(cfg: RunConfig, run_dir: Path, run_id: str, log: Callable[[str], 
             f"on val) | per block {blocks} | {res['step_ms']:.0f} ms/step | peak {res['peak_mem_mb']:.0f} MB"
         )
         results.append(res)
+        if on_setting is not None and (i + 1) % per_setting == 0:
+            on_setting(results[-per_setting:])
     return results
 
 
@@ -195,11 +205,19 @@ def run(
     `sidecars`), write rows.json in the run folder, print the table."""
     from . import sidecars
 
-    results = train_grid(cfg, run_dir, run_id, log)
-    rows = rows_from_results(cfg, results, env, run_id, cfg.bench)
     path = leaderboard_path(cfg)
-    append_rows(path, rows, COLUMNS)
-    beside = sidecars.write(cfg, results, run_dir, path, env, run_id)
+    beside: list[Path] = []
+
+    def append(setting: list[dict[str, Any]]) -> None:  # one (model, noise rate): its rows, curves and audit
+        rows = rows_from_results(cfg, setting, env, run_id, cfg.bench)
+        done = {(r["run_id"], r["model"], r["noise_rate"]) for r in (read_rows(path) if path.exists() else [])}
+        if (run_id, rows[0]["model"], format_value(rows[0]["noise_rate"])) in done:
+            return  # appended before an interruption; --resume goes on from the next setting
+        append_rows(path, rows, COLUMNS)
+        beside[:] = sidecars.write(cfg, setting, run_dir, path, env, run_id)
+
+    results = train_grid(cfg, run_dir, run_id, log, on_setting=append)
+    rows = rows_from_results(cfg, results, env, run_id, cfg.bench)
     (run_dir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
     also = f" (and {', '.join(p.name for p in beside)})" if beside else ""
     log(f"\n{cfg.bench} bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s)); rows appended to {path}{also}\n")

@@ -95,3 +95,29 @@ def test_sigint_requests_a_checkpoint_then_stops(tmp_path):
 def test_resume_of_a_missing_folder_exits_2(tmp_path, bad, capsys):
     assert main(["--resume", str(tmp_path / bad)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_rows_append_as_each_noise_rate_finishes_and_resume_does_not_repeat_them(tmp_path, monkeypatch):
+    """A grid stopped during its second noise rate has already appended the first rate's rows (and audit/curves);
+    --resume appends the rest once."""
+    from benchmarks import _runner, accuracy
+
+    real = accuracy.train_one
+
+    def stop_in_second_rate(cfg, spec, *a, **kw):
+        if spec.noise_rate > 0:
+            _runner._STOP["requested"] = True  # as if Ctrl-C came during the first step of this run
+        return real(cfg, spec, *a, **kw)
+
+    monkeypatch.setattr(accuracy, "train_one", stop_in_second_rate)
+    extra = ["--bench", "noise", "--noise-rates", "0,0.4", "--epochs", "1", "--methods", "bp"]
+    rc, cut = _run(tmp_path, "cut", extra)
+    assert rc == 130
+    board = tmp_path / "lb_cut" / "noise_cls_digits.csv"
+    assert [r["noise_rate"] for r in read_rows(board)] == ["0.0000"]
+    monkeypatch.setattr(accuracy, "train_one", real)
+    _runner._STOP["requested"] = False
+    assert main(["--resume", str(cut), "--no-progress"]) == 0
+    assert [r["noise_rate"] for r in read_rows(board)] == ["0.0000", "0.4000"]
+    audit = read_rows(tmp_path / "lb_cut" / "noise_cls_digits_audit.csv")
+    assert [r["noise_rate"] for r in audit] == ["0.4000"]
