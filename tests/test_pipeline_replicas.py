@@ -57,6 +57,18 @@ def test_two_stages_by_two_replicas_equal_one_process_at_the_global_batch(tmp_pa
     assert _max_diff(shard, ref)[0] > 1e-3
 
 
+def test_four_stages_oversubscribed_equal_one_process():
+    """S = 4 (one block per stage) on a 2-core machine: oversubscribed, so a correctness run, not a speed; the
+    4 stage processes end with the single-process weights."""
+    cfg = _tiny(stages=4, partition=[1, 1, 1, 1], oversubscribe=True)
+    result = launch(cfg, BUILDER, synthetic_batches(8, num_batches=3, img_size=16))
+    ref = run_single(cfg, BUILDER, synthetic_batches(8, num_batches=3, img_size=16), "deinforeg")["model"]
+    ours = result.model.state_dict()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(ours[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert sorted(s["stage"] for s in result.stages) == [0, 1, 2, 3]
+
+
 def test_wrong_replica_launches_give_one_clear_error_each():
     batches = synthetic_batches(8, num_batches=1, img_size=16)
     with pytest.raises(LaunchError, match="batch_size=8 is not divisible by --replicas 3"):
