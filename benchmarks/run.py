@@ -231,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"run {run_id} → {run_dir}" + (" (resumed)" if resume else ""))
     what = f"{cfg.bench}: models {', '.join(cfg.model)} | methods {', '.join(cfg.methods)} | {cfg.task} on "
     log(what + f"{cfg.dataset} | seeds {cfg.seeds} | epochs {cfg.epochs} | batch {cfg.batch_size} | W&B {cfg.wandb}")
-    log(budget_note(cfg))
+    trains = cfg.bench in ("accuracy", "noise", "grow")  # the others time steps: no training budget to name
+    if trains:
+        log(budget_note(cfg))
     if cfg.wandb == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -261,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.wandb == "offline":
         wb = f"{run_dir}/runs/*/wandb"
         log(f"W&B offline runs are in {wb}; upload with `wandb sync {wb}/offline-run-*`")
-    log(budget_note(cfg))
+    if trains:
+        log(budget_note(cfg))
     log(f"done: {run_dir}")
     return 0
 
