@@ -108,9 +108,9 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
     """Markdown table of one setup: one line per noise rate × method, each method against BP."""
     metric = rows[0].get("metric", "metric")
     out = [
-        f"| noise | method | test {metric} (mean ± std) | Δ vs bp (paired ± std) | chosen block | per-block {metric} "
-        "| adaptive (mean depth) | ms/step | step × bp | peak MB |",
-        "|---:|---|---:|---:|---|---|---:|---:|---:|---:|",
+        f"| noise | method | test {metric}, chosen exit (mean ± std) | Δ vs bp (paired ± std) | chosen block "
+        f"| last block | per-block {metric} | adaptive (mean depth) | ms/step | step × bp | peak MB |",
+        "|---:|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     by_rate: dict[float, list[dict[str, str]]] = {}
     for r in rows:
@@ -130,7 +130,8 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
             blocks = " / ".join(b for b in (r.get("per_block_mean") or "").split(";"))
             out.append(
                 f"| {rate:g} | {r['method']} | {float(r['metric_mean']):.2f} ± {float(r['metric_std']):.2f} | {delta} "
-                f"| {r.get('best_block', '')} | {blocks} | {ada_s} | {step or 0:.0f} | {ratio} "
+                f"| {r.get('best_block', '')} | {_fmt2(r.get('last_mean'))} | {blocks} | {ada_s} | {step or 0:.0f} "
+                f"| {ratio} "
                 f"| {_f(r.get('peak_mem_mb')) or 0:.0f} |"
             )
     return out
@@ -146,26 +147,31 @@ def _setup_line(r: dict[str, str]) -> str:
 
 
 def _findings(rows: list[dict[str, str]]) -> list[str]:
-    """Plain sentences: where DeInfoReg wins or loses against BP (differences beyond 2 std of the paired diff)."""
+    """Plain sentences per setup: where DeInfoReg beats or loses to BP on the chosen exit (paired Δ beyond 2 std of
+    the per-seed differences; otherwise "within 2 std"), and its last block against BP."""
     lines = []
     for _, rs in _group(rows).items():
         bp = {float(r["noise_rate"]): r for r in rs if r["method"] == "bp"}
-        wins, losses, ties = [], [], []
-        for r in rs:
+        beats, losses, ties, last = [], [], [], []
+        for r in sorted(rs, key=lambda r: float(r["noise_rate"])):
             rate = float(r["noise_rate"])
             if r["method"] != "deinforeg" or rate not in bp:
                 continue
             d = paired_diff(r, bp[rate])
             if d is None:
                 continue
-            label = f"noise {rate:g}: {d[0]:+.2f}"
-            (wins if d[0] > 2 * d[1] else losses if d[0] < -2 * d[1] else ties).append(label)
-        if wins or losses or ties:
+            label = f"noise {rate:g} ({d[0]:+.2f} ± {d[1]:.2f})"
+            (beats if d[0] > 2 * d[1] else losses if d[0] < -2 * d[1] else ties).append(label)
+            a, b = _f(r.get("last_mean")), _f(bp[rate].get("last_mean"))
+            if a is not None and b is not None:
+                last.append(f"{rate:g}: {a - b:+.2f}")
+        if beats or losses or ties:
             parts = []
-            for name, items in (("wins", wins), ("loses", losses), ("within 2 std", ties)):
+            for name, items in (("beats BP at", beats), ("loses to BP at", losses), ("within 2 std of BP at", ties)):
                 if items:
-                    parts.append(f"{name} at {', '.join(items)}")
-            lines.append(f"- {setup_name(rs[0])}: DeInfoReg vs BP {'; '.join(parts)}.")
+                    parts.append(f"{name} {', '.join(items)}")
+            tail = f" Its last block against BP's, by noise rate: {', '.join(last)}." if last else ""
+            lines.append(f"- {setup_name(rs[0])}: DeInfoReg (chosen exit) {'; '.join(parts)}.{tail}")
     return lines
 
 

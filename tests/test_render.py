@@ -15,7 +15,8 @@ def _row(method, rate, per_seed, per_block, step):
         "method": method, "num_blocks": 4, "dataset": "digits", "train_size": 512, "epochs": 3, "batch_size": 64,
         "noise_kind": "symmetric", "noise_rate": rate, "seeds": "0;1;2", "metric": "accuracy", "metric_mean": mean,
         "metric_std": std, "metric_per_seed": ";".join(f"{v:.4f}" for v in per_seed), "best_block": "4;4;3",
-        "per_block_mean": per_block, "adaptive_mean": None if method == "bp" else mean - 1, "adaptive_depth": 2.5,
+        "per_block_mean": per_block, "last_mean": float(per_block.split(";")[-1]) - rate * 10,
+        "adaptive_mean": None if method == "bp" else mean - 1, "adaptive_depth": 2.5,
         "params": 1000, "step_ms": step, "samples_per_s": 64000 / step, "peak_mem_mb": 50.0,
         "mem_kind": "cpu_peak_rss_growth", "device": "cpu", "torch": "2.14.1", "commit": "abc", "date": "2026-01-01",
         "run_id": "r1",
@@ -37,7 +38,11 @@ def test_render_writes_tables_and_plots(tmp_path):
     assert "Hand-written intro." in text and BEGIN in text and END in text
     assert "| 0.4 | deinforeg | 82.33 ± 0.58 | **+4.33 ± 0.58** |" in text  # bold: beyond 2 std
     assert "| 0.2 | deinforeg | 85.83 ± 0.58 | +0.83 ± 0.58 |" in text
-    assert "wins at noise 0.4: +4.33; loses at noise 0: -1.67; within 2 std at noise 0.2: +0.83" in text
+    assert (
+        "DeInfoReg (chosen exit) beats BP at noise 0.4 (+4.33 ± 0.58); loses to BP at noise 0 (-1.67 ± 0.58); "
+        "within 2 std of BP at noise 0.2 (+0.83 ± 0.58). Its last block against BP's, by noise rate: 0: -2.00, "
+        "0.2: -2.00, 0.4: -2.00." in text
+    )
     for png in ("noise_cls_digits_noise.png", "noise_cls_digits_blocks.png", "noise_cls_digits_cost.png",
                 "throughput_cls_digits_cost.png"):  # fmt: skip
         assert (tmp_path / png).stat().st_size > 5000, png
