@@ -50,7 +50,9 @@ ENGINE_ORDER = (
 BUDGETS = ("auto", "quick", "converged")
 DATASET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "shapes": {
-        "quick": {"img_size": 64, "train_size": 600, "eval_size": 100, "epochs": 7, "lr": 0.003},
+        # many images, few epochs: Unet-resnet50 BP 300 steps on 2,400 images reaches 52.0 val / 50.9 test mIoU, where
+        # 300 steps on 600 images (8 epochs) stayed under 40 (resnet18)
+        "quick": {"img_size": 64, "train_size": 2400, "eval_size": 100, "epochs": 2, "lr": 0.003},
         "converged": {"img_size": 64, "train_size": 1200, "eval_size": 150, "epochs": 24, "lr": 0.003},
     },
     "digits": {"quick": {"epochs": 3}, "converged": {"epochs": 12}},  # all 1,078 training images
