@@ -16,6 +16,7 @@ import argparse
 import csv
 import statistics
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -366,7 +367,7 @@ def _plot_curves(rows: list[dict[str, str]], path: Path) -> str:
         ax.set_ylabel(f"val {rows[0].get('metric', '')} (%), exit chosen that epoch")
         ax.grid(alpha=0.3)
     title = curve_title(rows[0], models)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 70), fontsize=9)  # wrapped: one panel is narrower than the title
     _finish(fig, axes[0][0], path)
     return title
 
