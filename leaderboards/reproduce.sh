@@ -19,5 +19,22 @@ PY=${PYTHON:-.venv/bin/python}
 # GPU rows (leaderboards/logs/h200_*.txt): on a CUDA machine
 # "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task cls --img-size 224 --batch-size 64
 # "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task seg --img-size 256 --batch-size 16
+# converged recipes: the learning curves they were chosen from (leaderboards/explore/)
+"$PY" -m benchmarks.run --model resnet18 --methods bp,deinforeg --epochs 30 --leaderboard-dir leaderboards/explore --wandb disabled --no-progress --no-checkpoint
+"$PY" -m benchmarks.run --task seg --model resnet18 --methods bp,deinforeg --budget converged --epochs 24 --threads 1 --leaderboard-dir leaderboards/explore --wandb disabled --no-progress
+# converged grids (rows append per noise rate; `--resume runs/<run>` continues a stopped one)
+"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0,0.2
+"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.4
+# not yet run (next session): noise 0.6, pair noise, the paper models, shapes
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.6
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml
+# finer cuts (issue 14): the accuracy cost of more / fewer local heads
+"$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts.yaml
+"$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts_5_3.yaml
+# pipeline x data parallel and S = 4, oversubscribed on 2 cores: correctness rows, not speed
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --replicas 2 --oversubscribe --steps 10 --engines bp-single,deinforeg-pipe --wandb disabled
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 4 --oversubscribe --steps 10 --engines bp-single,deinforeg-pipe --wandb disabled --no-plot
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
