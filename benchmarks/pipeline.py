@@ -227,11 +227,11 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += "activations sent through the CPU (gloo); a stage's compute is slowed by the others on its GPU"
     else:
         note = f"gpu: one GPU per stage ({torch.cuda.get_device_name()})"
+    n, _ = local_devices(pc)
     if pc.replicas > 1:
-        n, _ = local_devices(pc)
         note += f"; deinforeg-pipe runs {s} stages × {pc.replicas} replicas ({pc.replica_loss} loss)"
-        if s * pc.replicas > n:
-            note += f", {s * pc.replicas} processes on {n} device(s): oversubscribed, a correctness run, not a speed"
+    if s * pc.replicas > n:  # any oversubscription (S > devices too), not only with replicas
+        note += f"; {s * pc.replicas} processes on {n} device(s): oversubscribed, a correctness run, not a speed"
     if cuts is not None:
         note += f"; blocks of {'+'.join(map(str, cuts.units_per_block))} residual-block units chosen by choose_cuts"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
