@@ -79,6 +79,8 @@ def setup_name(r: dict[str, str]) -> str:
         extras.append(f"{r['img_size']}px")
     if r.get("epochs"):
         extras.append(f"{r['epochs']} ep")
+    if r.get("noise_kind") not in (None, "", "symmetric"):
+        extras.append(f"{r['noise_kind']} noise")  # symmetric is the default; other kinds get their own table
     return name + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -99,9 +101,10 @@ def paired_diff(row: dict[str, str], base: dict[str, str]) -> tuple[float, float
 
 
 def _group(rows: list[dict[str, str]]) -> dict[tuple, list[dict[str, str]]]:
+    """Rows by setup and noise kind: each method is compared with the BP row of the same kind and rate."""
     groups: dict[tuple, list[dict[str, str]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r.get(k, "") for k in SETUP_KEYS), []).append(r)
+        groups.setdefault(tuple(r.get(k, "") for k in SETUP_KEYS + ("noise_kind",)), []).append(r)
     return groups
 
 
@@ -397,9 +400,16 @@ def _audit_section(path: Path) -> list[str]:
     if not rows:
         return []
     out = [f"Noise audit ([{path.name}]({path.name})): what flipped in each noisy training set, the same for every "
-           "method.", "", "| recipe | kind | rate | seed | flipped / expected | of | per true class |",
+           "method (and for every model of a recipe: one line each).", "",
+           "| recipe | kind | rate | seed | flipped / expected | of | per true class |",
            "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    seen = set()
     for r in rows:
+        key = tuple(r.get(k) for k in ("config_hash", "noise_kind", "noise_rate", "seed", "flips_per_class",
+                                       "transitions"))  # fmt: skip
+        if key in seen:
+            continue  # another model trained on the same noisy labels
+        seen.add(key)
         out.append(
             f"| {r.get('config_hash')} | {r.get('noise_kind')} | {_f(r.get('noise_rate')) or 0:g} | {r.get('seed')} "
             f"| {r.get('num_flipped')} / {r.get('expected')} | {r.get('num_items')} {r.get('unit')} "

@@ -54,6 +54,40 @@ def test_render_writes_tables_and_plots(tmp_path):
     assert "| 0 | bp | 50.00 ± 0.00 |" in text2 and "| 0 | bp | 90.00" not in text2
 
 
+def test_each_noise_kind_gets_its_own_table_and_bp(tmp_path):
+    """Pair and symmetric noise at the same rate are different settings: each method is compared with its own
+    kind's BP, never mixed into one table."""
+    sym = [_row("bp", 0.2, [80, 81, 79], "-;-;-;80", 100.0), _row("deinforeg", 0.2, [85, 86, 84], "85;80;80;80", 110.0)]
+    pair = [
+        _row("bp", 0.2, [60, 61, 59], "-;-;-;60", 100.0),
+        _row("deinforeg", 0.2, [70, 71, 69], "70;65;62;61", 110.0),
+    ]
+    for r in pair:
+        r["noise_kind"] = "pair"
+    append_rows(tmp_path / "noise_cls_digits.csv", sym + pair, accuracy.COLUMNS)
+    (tmp_path / "README.md").write_text("# Leaderboards\n")
+    assert main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "### paper_vgg (width=0.25, 16px, 3 ep)\n" in text
+    assert "### paper_vgg (width=0.25, 16px, 3 ep, pair noise)\n" in text
+    assert "| 0.2 | deinforeg | 85.00 ± 1.00 | **+5.00 ± 0.00** |" in text  # against symmetric BP (80)
+    assert "| 0.2 | deinforeg | 70.00 ± 1.00 | **+10.00 ± 0.00** |" in text  # against pair BP (60)
+    assert text.count("| 0.2 | bp |") == 2
+
+
+def test_audit_lists_a_noisy_label_set_once_for_models_that_share_it(tmp_path):
+    append_rows(tmp_path / "noise_cls_digits.csv", [_row("bp", 0.4, [60, 61, 59], "-;-;-;60", 100.0)], accuracy.COLUMNS)
+    audit = {"noise_kind": "symmetric", "noise_rate": 0.4, "seed": 0, "unit": "labels", "num_items": 100,
+             "num_flipped": 40, "expected": 40, "flips_per_class": "c0:20;c1:20", "config_hash": "abc"}  # fmt: skip
+    other_seed = audit | {"seed": 1, "flips_per_class": "c0:19;c1:21"}
+    append_rows(tmp_path / "noise_cls_digits_audit.csv", [audit, audit, other_seed], sidecars.AUDIT_COLUMNS)
+    (tmp_path / "README.md").write_text("# Leaderboards\n")
+    assert main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("| abc | symmetric | 0.4 | 0 | 40 / 40 |") == 1
+    assert text.count("| abc | symmetric | 0.4 | 1 | 40 / 40 |") == 1
+
+
 def test_paired_diff_pairs_by_seed():
     a = {"seeds": "0;1;2", "metric_per_seed": "10;20;30"}
     b = {"seeds": "2;1;0", "metric_per_seed": "29;19;9"}
