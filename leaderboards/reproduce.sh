@@ -30,7 +30,7 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes, one process per noise rate (each 12 runs; about 15 min a run on 1 thread beside another process, 10 on 2)
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates 0.0
-# not yet finished (started 2026-11-27 in a clean clone; next session): "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates 0.4
+"$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates 0.4
 # finer cuts (issue 14): the accuracy cost of more / fewer local heads
 "$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts_5_3.yaml
