@@ -41,6 +41,8 @@ SETUP_KEYS = (
     "batch_size",
     "num_blocks",
 )
+# one table per setup and noise kind (each method is compared with the BP row of the same kind and rate)
+TABLE_KEYS = SETUP_KEYS + ("noise_kind",)
 METHOD_ORDER = ("bp", "deinforeg", "greedy", "scpl")
 COLORS = {"bp": "#444444", "deinforeg": "#d62728", "greedy": "#1f77b4", "scpl": "#2ca02c"}
 
@@ -51,7 +53,7 @@ def load_board(path: str | Path) -> list[dict[str, str]]:
         rows = list(csv.DictReader(f))
     latest: dict[tuple, dict[str, str]] = {}
     for r in rows:
-        key = tuple(r.get(k, "") for k in SETUP_KEYS + ("method", "noise_kind", "noise_rate", "stages"))
+        key = tuple(r.get(k, "") for k in TABLE_KEYS + ("method", "noise_rate", "stages"))
         latest[key] = r
     return list(latest.values())
 
@@ -101,10 +103,10 @@ def paired_diff(row: dict[str, str], base: dict[str, str]) -> tuple[float, float
 
 
 def _group(rows: list[dict[str, str]]) -> dict[tuple, list[dict[str, str]]]:
-    """Rows by setup and noise kind: each method is compared with the BP row of the same kind and rate."""
+    """Rows by TABLE_KEYS, the same fields load_board keeps the latest row under (less method, rate and stages)."""
     groups: dict[tuple, list[dict[str, str]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r.get(k, "") for k in SETUP_KEYS + ("noise_kind",)), []).append(r)
+        groups.setdefault(tuple(r.get(k, "") for k in TABLE_KEYS), []).append(r)
     return groups
 
 
