@@ -112,7 +112,9 @@ class SelectBest(Callback):
         if self._restored:  # a second fit on a finished trainer: the model already holds the selected weights
             return
         last = trainer.history[-1]
-        found = best_exit(last["val_per_block"])
+        found = best_exit(last.get("val_per_block") or [])
+        if found is None:
+            raise ValueError(f"epoch {last['epoch']} has no validation metric on any exit: no final view to keep")
         self.final = Selection(int(last["epoch"]), found[0], found[1])
         self._final_weights = _cpu_copy(trainer.model)
         self.restore(trainer.model)
