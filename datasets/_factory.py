@@ -29,7 +29,14 @@ from .noise import (
 )
 from .transforms import build_cls_transform, build_seg_transform
 
-__all__ = ["create_dataset", "list_datasets", "get_dataset_info", "create_loader", "register_dataset"]
+__all__ = [
+    "add_label_noise",
+    "create_dataset",
+    "list_datasets",
+    "get_dataset_info",
+    "create_loader",
+    "register_dataset",
+]
 
 SPLITS = ("train", "val", "test")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -114,7 +121,8 @@ def create_dataset(
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if noise_rate and split != "train":
         raise DatasetError(
-            f"label noise is only applied to the train split (validation and test stay clean), got {split!r}"
+            f"create_dataset applies label noise to the train split only, got {split!r} (noisy validation labels: "
+            f"datasets.add_label_noise on the val split; the test split stays clean)"
         )
     info = entry.info if image_size is None else replace(entry.info, image_size=int(image_size))
     if noise_kind not in NOISE_KINDS:
@@ -145,24 +153,47 @@ def create_dataset(
     return ds
 
 
+def add_label_noise(ds: _Base, rate: float, kind: str = "symmetric", seed: int = 0) -> _Base:
+    """Corrupt a built train or val split in place (the draw is the split's own: val labels get streams
+    independent of the training draw of the same seed); returns it. Exactly round(rate·N) labels (cls) or object
+    regions (seg) change, over the images the split holds (after `limit`), audited in `ds.noise_audit` like the
+    training noise. The noisy-validation protocol: `add_label_noise(create_dataset(name, "val", ...), rate, kind,
+    seed)` with the training run's rate, kind and noise seed. The test split is never corrupted."""
+    if ds.split not in ("train", "val"):
+        raise DatasetError(f"label noise applies to the train and val splits only; the {ds.split} split stays clean")
+    if ds.noise_audit is not None:
+        raise DatasetError(f"the {ds.split} split of {ds.info.name} already has label noise: {ds.noise_audit['kind']}")
+    if kind not in NOISE_KINDS:
+        raise DatasetError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+    check = check_noise_rate if ds.info.task == "cls" else check_region_noise_rate
+    try:
+        check(rate, ds.info.num_classes, kind)
+        _apply_noise(ds, float(rate), kind, int(seed))
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    return ds
+
+
 def _apply_noise(ds: _Base, rate: float, kind: str, seed: int) -> None:
+    draw = ds.split  # train or val: each split draws from its own streams (datasets.noise, "Draws")
     audit: dict[str, Any] = {"dataset": ds.info.name, "split": ds.split, "kind": kind, "rate": rate, "seed": seed}
+    audit["draw"] = draw
     ign = ds.info.ignore_index
     if hasattr(ds, "clean_targets"):  # classification, in memory or from files
-        ds.targets, flipped = corrupt_labels(ds.clean_targets, ds.info.num_classes, rate, kind, seed)
+        ds.targets, flipped = corrupt_labels(ds.clean_targets, ds.info.num_classes, rate, kind, seed, draw)
         idx = torch.nonzero(flipped).flatten().tolist()
         audit.update(num_samples=len(flipped), num_flipped=len(idx), flipped_indices=idx)
         clean = torch.as_tensor(ds.clean_targets).reshape(-1).tolist()
         noisy = torch.as_tensor(ds.targets).reshape(-1).tolist()
         audit.update(flip_counts([(clean[i], noisy[i]) for i in idx], ds.info.num_classes))
     elif isinstance(ds, TensorSegDataset):
-        ds.masks, plan = corrupt_masks(ds.clean_masks, ds.info.num_classes, rate, seed, ign, 0, kind)
+        ds.masks, plan = corrupt_masks(ds.clean_masks, ds.info.num_classes, rate, seed, ign, 0, kind, draw)
         ds.masks = ds.masks.to(ds.clean_masks.dtype)
         _seg_audit(audit, plan, sum(len(find_regions(m, ign)[1]) for m in ds.clean_masks), ds.info.num_classes)
     elif isinstance(ds, FileSegDataset):
         # one pass over the masks to count regions; the plan is replayed per item in __getitem__
         classes = [find_regions(ds.load_mask(i), ign)[1] for i in range(len(ds))]
-        plan = plan_region_noise(classes, ds.info.num_classes, rate, kind, seed)
+        plan = plan_region_noise(classes, ds.info.num_classes, rate, kind, seed, 0, draw)
         for i, r, old, new in plan:
             ds.relabel_plan.setdefault(i, []).append((r, old, new))
         _seg_audit(audit, plan, sum(map(len, classes)), ds.info.num_classes)

@@ -20,6 +20,11 @@ Segmentation (`corrupt_masks`): object regions are the 4-connected components of
 non-void class in each mask. Exactly `round(rate * R)` of all R regions are relabelled to another *object* class
 (uniformly, or the next object class for `pair`), with the same per-position key rule over regions listed in
 (image, class, scan) order. Background and void pixels are never touched.
+
+Draws (`draw="train"` or `"val"`): the validation labels of the noisy-validation protocol (no clean labels exist) get
+the same kind and rate as the training labels but a separate draw, from random streams of their own: which positions
+flip, and to what, is independent of the training draw for the same seed. The training draw's streams are the ones
+this module always used, so every published training draw is unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ except ImportError:  # pragma: no cover
     _ndimage = None
 
 __all__ = [
+    "NOISE_DRAWS",
     "NOISE_KINDS",
     "check_noise_rate",
     "corrupt_labels",
@@ -52,9 +58,13 @@ __all__ = [
 ]
 
 NOISE_KINDS = ("symmetric", "pair")
+NOISE_DRAWS = ("train", "val")
 
 # Independent random streams per purpose, so e.g. changing the class draw never moves the flipped set.
 _STREAM_LABEL_KEYS, _STREAM_LABEL_CLASS, _STREAM_REGION_KEYS, _STREAM_REGION_CLASS = 0, 1, 2, 3
+# each draw owns 4 streams: train 0-3 (as always), val 4-7. A stream id, not an extra seed word: SeedSequence pads
+# its entropy with zeros, so [seed, stream, 0] would be the very same stream as [seed, stream]
+_DRAW_STREAMS = {"train": 0, "val": 4}
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -78,6 +88,12 @@ def check_noise_rate(rate: float, num_classes: int, kind: str = "symmetric") -> 
         )
 
 
+def _draw_offset(draw: str) -> int:
+    if draw not in _DRAW_STREAMS:
+        raise ValueError(f"unknown noise draw {draw!r}; choose one of {', '.join(NOISE_DRAWS)}")
+    return _DRAW_STREAMS[draw]
+
+
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"noise seed must be a non-negative integer, got {seed!r}")
@@ -98,23 +114,26 @@ def corrupt_labels(
     rate: float,
     kind: str = "symmetric",
     seed: int = 0,
+    draw: str = "train",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip exactly `round(rate * N)` labels; returns `(noisy, flipped_mask)`.
 
     `labels` may be a list, numpy array or tensor of ints in [0, num_classes); the result is always a 1-D
     torch LongTensor of noisy labels and a BoolTensor marking the flipped positions (`noisy != labels` exactly
-    there). The input is not modified. See the module docstring for the reproducibility contract.
+    there). The input is not modified. `draw` ("train" or "val") picks independent streams for the same seed.
+    See the module docstring for the reproducibility contract.
     """
     check_noise_rate(rate, num_classes, kind)
     seed = _check_seed(seed)
+    off = _draw_offset(draw)
     y = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long().reshape(-1).cpu()
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(y.min())}, {int(y.max())}]")
     n = len(y)
-    flipped = torch.from_numpy(_pick(n, rate, seed, _STREAM_LABEL_KEYS))
+    flipped = torch.from_numpy(_pick(n, rate, seed, off + _STREAM_LABEL_KEYS))
     if kind == "symmetric":
         # An offset in 1..C-1 added mod C is uniform over the other classes and never returns the true one.
-        offsets = torch.from_numpy(_rng(seed, _STREAM_LABEL_CLASS).integers(1, num_classes, size=n))
+        offsets = torch.from_numpy(_rng(seed, off + _STREAM_LABEL_CLASS).integers(1, num_classes, size=n))
     else:
         offsets = torch.ones(n, dtype=torch.long)
     noisy = torch.where(flipped, (y + offsets) % num_classes, y)
@@ -183,17 +202,20 @@ def plan_region_noise(
     kind: str = "symmetric",
     seed: int = 0,
     background: int = 0,
+    draw: str = "train",
 ) -> list[tuple[int, int, int, int]]:
     """Choose which regions to relabel; returns `(image index, region id, old class, new class)` tuples.
 
-    `region_classes[i]` lists the classes of image i's regions as returned by `find_regions`.
+    `region_classes[i]` lists the classes of image i's regions as returned by `find_regions`; `draw` as in
+    `corrupt_labels`.
     """
     objects = check_region_noise_rate(rate, num_classes, kind, background)
     seed = _check_seed(seed)
+    off = _draw_offset(draw)
     flat = [(i, r + 1, c) for i, classes in enumerate(region_classes) for r, c in enumerate(classes)]
-    chosen = _pick(len(flat), rate, seed, _STREAM_REGION_KEYS)
+    chosen = _pick(len(flat), rate, seed, off + _STREAM_REGION_KEYS)
     if kind == "symmetric":
-        offsets = _rng(seed, _STREAM_REGION_CLASS).integers(1, len(objects), size=len(flat))
+        offsets = _rng(seed, off + _STREAM_REGION_CLASS).integers(1, len(objects), size=len(flat))
     else:
         offsets = np.ones(len(flat), dtype=np.int64)
     position = {c: k for k, c in enumerate(objects)}
@@ -231,16 +253,18 @@ def corrupt_masks(
     ignore_index: int = 255,
     background: int = 0,
     kind: str = "symmetric",
+    draw: str = "train",
 ) -> tuple[torch.Tensor | list[torch.Tensor], list[tuple[int, int, int, int]]]:
     """Relabel exactly `round(rate * R)` of the R object regions across all masks.
 
     `masks` is an [N, H, W] tensor/array or a list of [H, W] masks (sizes may differ). Returns the noisy masks as a
     LongTensor [N, H, W] (or a list of LongTensors for list input) and the list of
-    `(image index, region id, old class, new class)` relabels; region ids follow `find_regions`.
+    `(image index, region id, old class, new class)` relabels; region ids follow `find_regions`. `draw` as in
+    `corrupt_labels`.
     """
     items = [torch.as_tensor(np.asarray(m)).long() for m in masks]
     regions = [find_regions(m, ignore_index, background) for m in items]
-    plan = plan_region_noise([cls for _, cls in regions], num_classes, rate, kind, seed, background)
+    plan = plan_region_noise([cls for _, cls in regions], num_classes, rate, kind, seed, background, draw)
     noisy = [m.clone() for m in items]
     for i, r, _old, new in plan:
         noisy[i][torch.from_numpy(regions[i][0] == r)] = new

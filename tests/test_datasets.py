@@ -274,6 +274,20 @@ def test_voc_reads_fake_copy_with_noise(tmp_path):
     assert ((clean_m == old) & (noisy_m == new)).any() and torch.equal(clean_m == 0, noisy_m == 0)
 
 
+def test_voc_val_region_noise_is_replayed_from_its_plan(tmp_path):
+    _write_voc(tmp_path, n_train=20)
+    val = datasets.create_dataset("voc", "val", root=tmp_path, image_size=32)
+    clean = [val[i][1] for i in range(len(val))]
+    datasets.add_label_noise(val, 0.5, seed=2)
+    audit = val.noise_audit
+    assert (audit["split"], audit["draw"], audit["num_regions"], audit["num_flipped"]) == ("val", "val", 4, 2)
+    assert sorted(val.relabel_plan) == audit["flipped_indices"]
+    for i in range(len(val)):
+        noisy = val[i][1]
+        assert torch.equal(noisy == 0, clean[i] == 0) and torch.equal(noisy == 255, clean[i] == 255)
+        assert torch.equal(noisy, clean[i]) == (i not in val.relabel_plan)
+
+
 def _write_pet(root: Path) -> Path:
     base = root / "oxford-iiit-pet"
     (base / "annotations" / "trimaps").mkdir(parents=True)

@@ -248,6 +248,78 @@ def test_noisy_labels_identical_across_worker_counts_and_shuffles():
     assert torch.equal(ds2.targets, ds.targets)
 
 
+# ------------------------------------------------------------------ validation labels (noisy-val protocol)
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pair"])
+def test_val_draw_is_exact_and_separate_from_the_training_draw(kind):
+    y = _labels(1000, 10)
+    train_noisy, train_flipped = corrupt_labels(y, 10, 0.3, kind, seed=5)
+    val_noisy, val_flipped = corrupt_labels(y, 10, 0.3, kind, seed=5, draw="val")
+    assert int(val_flipped.sum()) == 300 and torch.equal(val_noisy != y, val_flipped)  # exact, never a self-flip
+    overlap = int((train_flipped & val_flipped).sum())
+    assert not torch.equal(train_flipped, val_flipped) and 50 < overlap < 130  # independent draws: ~0.3·300 shared
+    assert torch.equal(corrupt_labels(y, 10, 0.3, kind, seed=5, draw="val")[0], val_noisy)  # reproducible
+    assert not torch.equal(corrupt_labels(y, 10, 0.3, kind, seed=6, draw="val")[1], val_flipped)
+    # the training draw is the one every published result used (see the golden test)
+    assert torch.equal(corrupt_labels(y, 10, 0.3, kind, seed=5, draw="train")[1], train_flipped)
+    with pytest.raises(ValueError, match="unknown noise draw"):
+        corrupt_labels(y, 10, 0.3, kind, seed=5, draw="test")
+
+
+def test_val_split_noise_is_exact_and_audited_like_training(tmp_path):
+    train = datasets.create_dataset("digits", "train", noise_rate=0.4, noise_seed=3)
+    val = datasets.add_label_noise(datasets.create_dataset("digits", "val"), 0.4, "symmetric", seed=3)
+    audit, taudit = val.noise_audit, train.noise_audit
+    assert (audit["split"], audit["draw"], taudit["draw"]) == ("val", "val", "train")
+    assert set(audit) == set(taudit)  # the same fields: the audit CSV takes either
+    assert audit["num_samples"] == len(val) == 360 and audit["num_flipped"] == round(0.4 * 360)
+    diff = torch.nonzero(val.targets != val.clean_targets).flatten().tolist()
+    assert diff == audit["flipped_indices"]
+    assert sum(audit["flips_per_class"]) == audit["num_flipped"] == sum(n for *_, n in audit["transitions"])
+    same_draw_as_train = corrupt_labels(val.clean_targets, 10, 0.4, seed=3)[1]
+    assert torch.nonzero(same_draw_as_train).flatten().tolist() != diff
+    save_audit(audit, tmp_path / "val_noise.json")
+    assert json.loads((tmp_path / "val_noise.json").read_text()) == audit
+
+
+def test_test_split_is_never_corrupted():
+    clean = datasets.create_dataset("digits", "test").targets
+    test = datasets.create_dataset("digits", "test")
+    with pytest.raises(datasets.DatasetError, match="test split stays clean"):
+        datasets.add_label_noise(test, 0.4, seed=1)
+    with pytest.raises(datasets.DatasetError, match="test split stays clean"):
+        datasets.create_dataset("digits", "test", noise_rate=0.4)
+    datasets.create_dataset("digits", "train", noise_rate=0.4, noise_seed=1)
+    datasets.add_label_noise(datasets.create_dataset("digits", "val"), 0.4, seed=1)
+    assert torch.equal(test.targets, clean) and test.noise_audit is None
+    assert torch.equal(datasets.create_dataset("digits", "test").targets, clean)
+
+
+def test_val_noise_refuses_bad_input():
+    val = datasets.create_dataset("digits", "val")
+    with pytest.raises(datasets.DatasetError, match="leaves no clean class"):
+        datasets.add_label_noise(val, 0.95)
+    with pytest.raises(datasets.DatasetError, match="unknown noise kind"):
+        datasets.add_label_noise(val, 0.2, "open")
+    assert val.noise_audit is None and torch.equal(val.targets, val.clean_targets)
+    datasets.add_label_noise(val, 0.2, "pair", seed=0)
+    with pytest.raises(datasets.DatasetError, match="already has label noise"):  # never two draws on one split
+        datasets.add_label_noise(val, 0.2, seed=1)
+
+
+def test_val_region_noise_on_shapes():
+    val = datasets.create_dataset("shapes", "val", size=20, image_size=32)
+    datasets.add_label_noise(val, 0.3, seed=1)
+    audit = val.noise_audit
+    assert audit["draw"] == "val" and audit["num_flipped"] == round(0.3 * audit["num_regions"])
+    changed = {i for i in range(len(val)) if not torch.equal(val.masks[i], val.clean_masks[i])}
+    assert changed == set(audit["flipped_indices"])
+    assert all(torch.equal(val.masks[i] == 0, val.clean_masks[i] == 0) for i in range(len(val)))  # background kept
+    train_plan = corrupt_masks(val.clean_masks, 4, 0.3, seed=1)[1]
+    assert len(train_plan) == audit["num_flipped"] and [list(p) for p in train_plan] != audit["relabelled"]
+
+
 class _Indexed(torch.utils.data.Dataset):
     def __init__(self, ds):
         self.ds = ds

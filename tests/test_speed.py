@@ -1,11 +1,19 @@
 """Micro-benchmarks (marker `bench`, out of the default run): the DeInfoReg loss and one training step of BP vs
-DeInfoReg for timm resnet18 at 32×32, batch 64, default projector. Target: DeInfoReg step ≤ 1.15 × BP step.
+DeInfoReg for timm resnet18 at 32×32, batch 64, default projector.
 
     .venv/bin/python -m pytest tests/test_speed.py -m bench --benchmark-enable
 
 With timing enabled the ratio is appended to `leaderboards/speed_cls.csv` ($DEINFOREG_SPEED_DIR overrides the
 folder): the ratio of pytest-benchmark medians, and an interleaved ratio (BP and DeInfoReg steps alternated, so a
 neighbour's load on a shared CPU hits both alike).
+
+These are benchmarks that measure, print and record; they pass or fail on correctness only, never on a timing.
+The design card's target (DeInfoReg step ≤ 1.15 × BP step) is not asserted here, and deliberately: a ratio of two
+wall-clock medians on a shared 2-core CPU moves with whatever else runs (the two sessions recorded so far gave
+1.070 and 1.056 plain, 1.039 and 1.079 interleaved; one run beside other jobs, at 1cd1ab7, 0.90 plain and 1.10
+interleaved), so an assertion would fail for the neighbours' load rather than for the code, and a check that fails
+at random is not a test. The target is a figure to read beside the measurement instead: each row records it
+(`target` column), the run prints whether the measured ratios meet it, and the leaderboard shows both.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from zoo.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.bench
 
-MODEL, IMG, BATCH, TARGET = "resnet18", 32, 64, 1.15
+MODEL, IMG, BATCH = "resnet18", 32, 64
+TARGET = 1.15  # DESIGN card: DeInfoReg step ≤ 1.15 × BP step; recorded beside each measurement, never asserted
 COLUMNS = ("model", "img_size", "batch_size", "projector", "bp_ms", "deinforeg_ms", "ratio", "ratio_interleaved",
            "target", "rounds", "threads", "device", "torch", "commit", "date")  # fmt: skip
 _MEDIANS: dict[str, float] = {}
@@ -89,4 +98,8 @@ def test_step_ratio_interleaved(benchmark):
            **env}  # fmt: skip
     out = Path(os.environ.get("DEINFOREG_SPEED_DIR", Path(__file__).resolve().parents[1] / "leaderboards"))
     append_rows(out / "speed_cls.csv", [row], COLUMNS)
-    print(f"\nDeInfoReg / BP step: {ratio:.3f} (pytest-benchmark medians), {interleaved:.3f} (interleaved)")
+    met = {True: "meets", False: "misses"}
+    print(
+        f"\nDeInfoReg / BP step: {ratio:.3f} (pytest-benchmark medians; {met[ratio <= TARGET]} the target "
+        f"≤ {TARGET}), {interleaved:.3f} (interleaved; {met[interleaved <= TARGET]} it): recorded, not asserted"
+    )
