@@ -103,8 +103,8 @@ def _single_child(cfg: PipelineConfig, builder: Builder, batches: Batches, metho
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     try:
         queue.put(("ok", run_single(cfg, builder, batches, method)["stats"]))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, typed
+        queue.put(("error", {"type": type(e).__name__, "user_error": isinstance(e, UserError), "message": str(e)}))
 
 
 def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method: str) -> dict[str, Any]:
@@ -122,16 +122,21 @@ def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method:
         if p.is_alive():
             p.kill()
     if status != "ok":
-        raise RuntimeError(f"{method}-single failed: {value}")
+        what = f"{method}-single failed: {value['type']}: {value['message']}"
+        raise UserError(what) if value["user_error"] else RuntimeError(what)
     return {"stages": [value], "partition": None, "predicted_s": None, "profile": None}
 
 
-def _gist(e: BaseException) -> str:
-    """One line saying why a pipeline could not run: the failing stage's exception, without the launcher's wrapping
-    and the exit summary."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    text = text.removeprefix("pipeline failed: ")
-    return text.split(" (stage 0 ")[0] if " (stage 0 " in text else text
+def _not_runnable(e: BaseException) -> str | None:
+    """Why a zero-bubble schedule cannot run here, or None when `e` is a bug that must surface: a user error (too
+    few blocks per stage or micro-batches, found before launch or by a stage), or an exception torch raised inside
+    its own pipelining code. The failing stage's record says which (`StageFailure`); no message is parsed."""
+    if isinstance(e, UserError):
+        return str(e)
+    f = e.failure if isinstance(e, PipelineError) else None
+    if f is not None and (f.user_error or f.origin.startswith("torch.")):
+        return f"stage {f.stage}: {f.error_type}: {f.message}"
+    return None
 
 
 def _split(batches: Batches, m: int) -> list:
@@ -261,9 +266,10 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
             try:
                 out = _run_engine(engine, method, replace(pc, micro_batches=m) if m else pc, builder, batches)
             except (UserError, PipelineError) as e:
-                if engine not in ZERO_BUBBLE:
+                why = _not_runnable(e) if engine in ZERO_BUBBLE else None
+                if why is None:
                     raise
-                skipped[label] = _gist(e)
+                skipped[label] = why
                 results.pop(label)
                 log(f"  [{rep + 1}/{cfg.options.repeats}] {label}: not run here: {skipped[label]}")
                 continue

@@ -30,7 +30,7 @@ from .noise import (
 )
 from .transforms import build_cls_transform, build_seg_transform
 
-__all__ = ["check_noise", "create_dataset", "list_datasets", "get_dataset_info", "create_loader", "register_dataset"]
+__all__ = ["create_dataset", "list_datasets", "get_dataset_info", "create_loader", "register_dataset"]
 
 SPLITS = ("train", "val", "test")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

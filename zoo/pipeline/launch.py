@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..decoupled import DecoupledModel
+from ..errors import UserError
 from ._bp import stage_bp
 from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
 from .checks import (
@@ -49,11 +50,40 @@ from .engine import (
 )
 from .partition import Partition, partition_units, profile_units
 
-__all__ = ["PipelineError", "PipelineResult", "launch", "in_torchrun"]
+__all__ = ["PipelineError", "PipelineResult", "StageFailure", "launch", "in_torchrun"]
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    """Why a stage failed, as that stage recorded it: which stage, the exception's type, whether it was the
+    user's mistake (a `UserError`), the module it was raised in, and its message. It crosses the process boundary
+    as data (JSON in the rendezvous store), so nobody reads a cause back out of a sentence."""
+
+    stage: int
+    error_type: str
+    user_error: bool
+    origin: str  # module of the innermost frame: "torch.distributed.pipelining..." is torch refusing a schedule
+    message: str
+
+    @classmethod
+    def of(cls, stage: int, e: BaseException) -> StageFailure:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        origin = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+        return cls(stage, type(e).__name__, isinstance(e, UserError), origin, str(e).split("\n")[0])
+
+    def __str__(self) -> str:
+        return f"stage {self.stage} failed: {self.error_type}: {self.message}"
 
 
 class PipelineError(RuntimeError):
-    """A stage failed; the message names the stage and the cause."""
+    """A stage failed; the message names the stage and the cause, and `failure` holds them as data (None when no
+    stage recorded one: a stage killed or gone silent)."""
+
+    def __init__(self, message: str, failure: StageFailure | None = None):
+        super().__init__(message)
+        self.failure = failure
 
 
 @dataclass
@@ -272,18 +302,29 @@ def _is_connection_error(e: BaseException) -> bool:
 
 
 def _failed(host: str, port: int, prefix: str, rank: int, e: BaseException) -> int:
-    msg = f"stage {rank} failed: {type(e).__name__}: {e}"
-    _report(host, port, prefix, msg)
+    failure = StageFailure.of(rank, e)
+    _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}", failure)
     traceback.print_exc()
-    print(f"[stage {rank}] {msg}", file=sys.stderr, flush=True)
+    print(f"[stage {rank}] {failure}", file=sys.stderr, flush=True)
     return 1
 
 
-def _report(host: str, port: int, prefix: str, msg: str) -> None:
+def _report(host: str, port: int, prefix: str, msg: str, failure: StageFailure | None = None) -> None:
+    """Tell every stage and the launcher: `msg` for people, and the first stage's own `failure` as data."""
     try:
-        report_error(dist.PrefixStore(prefix, connect_store(host, port, 5.0)), msg)
+        store = dist.PrefixStore(prefix, connect_store(host, port, 5.0))
+        if failure is not None and store.add("failures", 1) == 1:
+            store.set("failure", json.dumps(asdict(failure)))
+        report_error(store, msg)
     except Exception:  # noqa: BLE001 - the store may be gone; the watchdogs then see the silence
         pass
+
+
+def _stage_failure(store: dist.Store) -> StageFailure | None:
+    """The failure the first failing stage recorded, if one did."""
+    if store.add("failures", 0) == 0 or not store.check(["failure"]):
+        return None
+    return StageFailure(**json.loads(store.get("failure")))
 
 
 # -- launchers ---------------------------------------------------------------------------------------------------
@@ -318,7 +359,7 @@ def _launch_torchrun(cfg: PipelineConfig, builder: Builder, batches: Batches, ba
     except PeerFailure as e:
         raise PipelineError(f"stage {rank} stopped: {e}") from None
     except (KeyboardInterrupt, Exception) as e:
-        _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}")
+        _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}", StageFailure.of(rank, e))
         raise
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -400,7 +441,7 @@ def _monitor(procs: list, store: dist.Store, poll_s: float = 0.1, stop_within_s:
                 report_error(store, err)
             _stop_all(procs, stop_within_s)
             summary = ", ".join(f"stage {r} {_describe_exit(p.exitcode)}" for r, p in enumerate(procs))
-            raise PipelineError(f"pipeline failed: {err} ({summary})")
+            raise PipelineError(f"pipeline failed: {err} ({summary})", _stage_failure(store))
         time.sleep(poll_s)
 
 
