@@ -149,3 +149,16 @@ def test_the_plan_records_what_it_derived_and_from_where():
     assert any(line.startswith("set methods=deinforeg from --bench grow") for line in lines)
     seg = resolve({"task": "seg", "budget": "converged", "epochs": 1, "img_size": 32})
     assert {d["setting"] for d in seg.derived} == {"train_size", "eval_size", "lr", "batch_size"}
+
+
+CONFIGS = sorted([*(ROOT / "leaderboards" / "configs").glob("*.yaml"), *(ROOT / "zoo" / "pretrained" / "recipes").glob(
+    "*.yaml")])  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_committed_config_reads_as_settings(path):
+    from benchmarks.plan import known_keys, read_settings
+    from benchmarks.settings import load_yaml
+
+    s = read_settings(load_yaml(path, known_keys()))
+    assert s.bench in BENCHES and isinstance(s.options, BENCHES[s.bench].options)
