@@ -27,10 +27,9 @@ from zoo.train import Callback, Trainer
 from .build import build_model
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .settings import RunConfig
 
 __all__ = [
-    "GROW_OPTIONS",
     "GrowthCallback",
     "layout",
     "make_model",
@@ -39,8 +38,6 @@ __all__ = [
     "preflight",
 ]
 
-# the options that make a run a growth run (benchmarks.config implies --bench grow from them)
-GROW_OPTIONS = ("grow_at", "freeze_overtaken", "init_from", "add_blocks")
 _SYNTAX = "conv:WIDTH[:STRIDE[:DEPTH]] or stages:[NAME:]I[+J...]"
 
 
@@ -94,8 +91,8 @@ def parent_checkpoint(source: str) -> tuple[Path, dict[str, Any]]:
 def _extended(cfg: RunConfig, scratch: bool) -> tuple[zoo.DecoupledModel, dict[str, Any]]:
     """The parent of `--init-from` grown by `--add-blocks`: its blocks loaded and frozen, or (`scratch`) the same
     architecture as created, every block to be trained from scratch (the all-at-once baseline)."""
-    folder, config = parent_checkpoint(cfg.init_from)
-    specs = parse_block_specs(cfg.add_blocks or [])
+    folder, config = parent_checkpoint(cfg.options.init_from)
+    specs = parse_block_specs(cfg.options.add_blocks or [])
     if scratch:
         model = zoo.build_from_config(config["model"])
         if config.get("growth"):
@@ -108,7 +105,7 @@ def _extended(cfg: RunConfig, scratch: bool) -> tuple[zoo.DecoupledModel, dict[s
         seg = model.task == "seg"
         freeze(model, [*range(n_old - 1), model.num_blocks - 1] if seg else list(range(n_old)))
     sha = sha256_file(folder / "model.safetensors")
-    source = {"source": cfg.init_from, "weights_sha256": sha, "architecture": config.get("architecture")}
+    source = {"source": cfg.options.init_from, "weights_sha256": sha, "architecture": config.get("architecture")}
     meta = {"grown_from": source, "added_blocks": specs, "trained_blocks": [k + 1 for k in model.trained_blocks()]}
     return model, meta
 
@@ -125,15 +122,16 @@ def make_model(cfg: RunConfig, name: str, method: str, variant: str = "") -> tup
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the model: enough blocks for `--grow-at`, `--add-blocks` shapes that fit the parent."""
-    if cfg.init_from:
+    if cfg.options.init_from:
         _extended(cfg, scratch=False)
-    if cfg.grow_at:
+    grow_at = cfg.options.grow_at
+    if grow_at:
         for name in cfg.model:
             for method in cfg.methods:
                 n = build_model(cfg, name, method).num_blocks
-                if len(cfg.grow_at) > n - 1:
+                if len(grow_at) > n - 1:
                     raise UserError(
-                        f"--grow-at gives {len(cfg.grow_at)} epochs, but {name} has {n} blocks: at most {n - 1} "
+                        f"--grow-at gives {len(grow_at)} epochs, but {name} has {n} blocks: at most {n - 1} "
                         "can join after the first"
                     )
 

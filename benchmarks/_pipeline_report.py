@@ -105,7 +105,7 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
                 "predicted_ms_per_stage": fmt([p * 1e3 for p in pred], ".1f") if pred else "",
                 "measured_ms_per_stage": fmt([c * 1e3 for c in v["compute_s"]], ".1f"),
                 "steps": pc.steps - pc.warmup_steps,
-                "repeats": cfg.repeats,
+                "repeats": cfg.options.repeats,
                 "note": note,
                 **{k: env[k] for k in ("device", "torch", "commit", "date") if k in env},
                 "run_id": run_id,
@@ -155,7 +155,7 @@ def explain(cfg, pc, summ, model, b, img, log) -> None:
         )
     if bp is None:
         return
-    for m in sorted(set(cfg.micro_batches)):
+    for m in sorted(set(cfg.options.micro_batches)):
         alone = summ.get(f"bp-single-mb M={m}")
         mb_eff = alone["samples_per_s"] / bp["samples_per_s"] if alone else 1.0
         if alone:
@@ -188,7 +188,7 @@ def explain(cfg, pc, summ, model, b, img, log) -> None:
     link_b = [b_ for b_, t in zip(pipe["bytes_recv"][1:], pipe["recv_s"][1:], strict=True) if t > 0]
     measured_bw = max(b_ / t for b_, t in zip(link_b, link_s, strict=True)) if link_s else None
     links = {"measured link" + (f" ({measured_bw * 8 / 1e9:.1f} Gbit/s)" if measured_bw else ""): measured_bw}
-    for g in cfg.bandwidth_gbps:
+    for g in cfg.options.bandwidth_gbps:
         links[f"{g:g} Gbit/s"] = g * 1e9 / 8
     counts = sorted({1, 2, 4, 8, s})
     lines: dict[str, list[tuple[int, float]]] = {}
@@ -203,7 +203,7 @@ def explain(cfg, pc, summ, model, b, img, log) -> None:
         preds = [scaling_model(profile, t_bp, n, bw, 50e-6 if bw else 0.0, heads)["speedup"] for n in counts]
         lines[f"{method} model, {name}"] = list(zip(counts, preds, strict=True))
         log(f"{name:28s} " + " ".join(f"{p:<7.2f}" for p in preds))
-    for m in sorted(set(cfg.micro_batches)):
+    for m in sorted(set(cfg.options.micro_batches)):
         lines[f"GPipe bubble bound (M={m})"] = [(n, gpipe_bound(n, n, m)) for n in counts]
     measured = {
         k: v["samples_per_s"] / bp["samples_per_s"]
@@ -211,7 +211,7 @@ def explain(cfg, pc, summ, model, b, img, log) -> None:
         if v["engine"] in ("deinforeg-pipe", *PIPELINING)
     }
     log(f"measured at S={s}: " + ", ".join(f"{e} {v:.2f}×" for e, v in measured.items()))
-    if cfg.plot:
+    if cfg.options.plot:
         path = Path(cfg.leaderboard_dir) / f"throughput_pipeline_{cfg.task}_{cfg.dataset}_{model}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         title = f"{model} {cfg.task} {img}px batch {b}: pipeline speedup over 1-device BP ({pc.device})"

@@ -31,7 +31,7 @@ from zoo.train import Callback, NonFiniteLossError, TrainConfig, Trainer, Traini
 from ._growth import GrowthCallback, make_model
 from ._wandb import start_run
 from .build import EpochBatches, build_datasets, eval_loader
-from .config import RunConfig
+from .settings import RunConfig
 
 __all__ = ["Interrupted", "RunFailed", "RunSpec", "install_sigint", "recalibrate_bn", "train_one", "train_config"]
 
@@ -217,7 +217,8 @@ def train_one(
         return trainer.evaluate(loader, adaptive=adaptive)
 
     ckpt = run_dir / "checkpoint"
-    schedule = GrowthCallback(cfg.grow_at if spec.variant == "progressive" else None, cfg.freeze_overtaken)
+    grow_at = cfg.opt("grow_at") if spec.variant == "progressive" else None
+    schedule = GrowthCallback(grow_at, cfg.opt("freeze_overtaken"))
     if (ckpt / "training_state.pt").exists():
         schedule.apply(trainer, int(load_training_state(ckpt)["epoch"]))  # the layout its optimizers were built for
         resume_trainer(trainer, ckpt)
@@ -233,7 +234,7 @@ def train_one(
     def save(final: bool = False, extra: dict | None = None) -> None:
         # the final checkpoint keeps weights only: a finished run is never resumed
         # the recipe and its hash travel with the weights: a published checkpoint names the leaderboard rows it made
-        meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.noise_kind}
+        meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.opt("noise_kind")}
         meta.update(config_hash=cfg.config_hash(), budget=cfg.budget, recipe=cfg.recipe())
         meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **grown_meta, **(extra or {}))
         save_checkpoint(model, ckpt, metadata=meta, trainer_state=None if final else trainer.state_dict())

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ._runner import RunSpec, train_one
-from .config import RunConfig
 from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, format_value, read_rows, setup_columns
+from .settings import RunConfig
 
-__all__ = ["COLUMNS", "run", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
+__all__ = ["COLUMNS", "run", "runs", "train_grid", "rows_from_results", "leaderboard_path", "format_table"]
 
 COLUMNS = (
     *SETUP_COLUMNS,
@@ -92,6 +92,17 @@ def _join(values: Sequence[Any], fmt: str = "{:.2f}") -> str:
     return ";".join("-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v)) for v in values)
 
 
+def noise_rates(cfg: RunConfig) -> list[float]:
+    """The training-label noise rates of the grid: the noise bench's sweep, or clean labels."""
+    return list(getattr(cfg.options, "noise_rates", [0.0]))
+
+
+def runs(cfg: RunConfig) -> list[RunSpec]:
+    """Every (model, noise rate, seed, method) run, methods side by side, in the order they train."""
+    return [RunSpec(m, meth, s, r) for m in cfg.model for r in noise_rates(cfg) for s in cfg.seeds
+            for meth in cfg.methods]  # fmt: skip
+
+
 def train_grid(
     cfg: RunConfig,
     run_dir: Path,
@@ -101,9 +112,7 @@ def train_grid(
 ) -> list[dict[str, Any]]:
     """Every (model, noise rate, seed, method) run, methods side by side; results in grid order. `on_setting` gets
     the results of each (model, noise rate) as soon as its seeds × methods are done (rows append as a grid goes)."""
-    specs = [
-        RunSpec(m, meth, s, r) for m in cfg.model for r in cfg.noise_rates for s in cfg.seeds for meth in cfg.methods
-    ]
+    specs = runs(cfg)
     per_setting = len(cfg.seeds) * len(cfg.methods)
     results = []
     for i, spec in enumerate(specs):
@@ -143,7 +152,7 @@ def rows_from_results(
                 "epochs": cfg.epochs,
                 "batch_size": cfg.batch_size,
                 **recipe_columns(cfg),
-                "noise_kind": cfg.noise_kind,
+                "noise_kind": cfg.opt("noise_kind"),
                 "noise_rate": float(rate),
                 "seeds": _join([r["seed"] for r in rs]),
                 "metric": rs[0]["metric_name"],

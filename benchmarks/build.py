@@ -22,7 +22,7 @@ import zoo
 from zoo.errors import UserError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .settings import RunConfig
 
 __all__ = [
     "EpochBatches",
@@ -60,7 +60,7 @@ def build_datasets(cfg: RunConfig, seed: int, noise_rate: float) -> tuple[Any, A
     common = dict(root=cfg.data_root, image_size=cfg.img_size, seed=0)
     with user_errors():
         train = datasets.create_dataset(
-            cfg.dataset, "train", noise_rate=noise_rate, noise_kind=cfg.noise_kind, noise_seed=seed,
+            cfg.dataset, "train", noise_rate=noise_rate, noise_kind=cfg.opt("noise_kind"), noise_seed=seed,
             train_aug=cfg.train_aug, limit=cfg.train_size, **common,
         )  # fmt: skip
         val = datasets.create_dataset(cfg.dataset, "val", limit=cfg.eval_size, **common)

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoo.errors import UserError
+
+from . import _growth
 from ._runner import RunSpec, train_one
 from .accuracy import _join, _mean_std, leaderboard_path, rows_from_results
-from .config import RunConfig
 from .results import ENV_COLUMNS, append_rows
+from .settings import RunConfig
 
-__all__ = ["COLUMNS", "VARIANTS", "run", "rows"]
+__all__ = ["COLUMNS", "VARIANTS", "prepare", "run", "rows", "runs"]
 
 VARIANTS = {"progressive": ("progressive", "all_at_once"), "extension": ("extended", "scratch")}
 COLUMNS = (
@@ -69,7 +72,70 @@ COLUMNS = (
 
 
 def _mode(cfg: RunConfig) -> str:
-    return "extension" if cfg.init_from else "progressive"
+    return "extension" if cfg.options.init_from else "progressive"
+
+
+def prepare(cfg: RunConfig, given: set[str], note: Callable[[str, Any, str], None]) -> None:
+    """Check the schedule or the parent checkpoint; derive what `--init-from` fixes (model, methods, image size,
+    model keywords) and, without `--methods`, the decoupled method (BP has no blocks to grow). A derived value the
+    user also gave must agree with it."""
+    o = cfg.options
+    if not (o.grow_at or o.init_from or o.add_blocks):
+        raise UserError("--bench grow needs --grow-at E1,E2,... (progressive) or --init-from with --add-blocks")
+    if o.freeze_overtaken and not o.grow_at:
+        raise UserError("--freeze-overtaken needs --grow-at (it freezes a block when the next one joins)")
+    if bool(o.init_from) != bool(o.add_blocks):
+        raise UserError("--init-from and --add-blocks go together: a checkpoint to extend and the blocks it gets")
+    if o.grow_at and o.init_from:
+        raise UserError("--grow-at and --init-from do not combine: grow progressively or extend a checkpoint")
+    if "methods" not in given:
+        cfg.methods = ["deinforeg"]
+        note("methods", cfg.methods, "--bench grow without --methods (bp has no local heads to grow)")
+    if o.grow_at:
+        at = o.grow_at
+        if any(b <= a for a, b in zip(at, at[1:])):
+            raise UserError(f"--grow-at {','.join(map(str, at))}: epochs must be strictly increasing (no repeats)")
+        if not 1 <= at[0] or at[-1] >= cfg.epochs:
+            raise UserError(f"--grow-at {','.join(map(str, at))}: each epoch must lie in 1..{cfg.epochs - 1} "
+                            f"(block 1 trains from epoch 0; --epochs is {cfg.epochs})")  # fmt: skip
+        _growth.check_method(cfg.methods)
+        return
+    _growth.parse_block_specs(o.add_blocks)
+    _, parent = _growth.parent_checkpoint(o.init_from)
+    model = parent["model"]
+    if parent.get("task", model.get("task")) != cfg.task:
+        raise UserError(f"--init-from {o.init_from} is a {parent.get('task')} checkpoint; this run is --task "
+                        f"{cfg.task}")  # fmt: skip
+    from .build import dataset_info
+
+    n = dataset_info(cfg.dataset).num_classes
+    if int(parent.get("num_classes", model.get("num_classes"))) != n:
+        raise UserError(f"--init-from {o.init_from} has {parent.get('num_classes')} classes; dataset "
+                        f"{cfg.dataset} has {n}")  # fmt: skip
+    _growth.check_method([model["method"]])
+    fixed = {"model": [model["name"]], "methods": [model["method"]], "img_size": model.get("img_size"),
+             "model_kwargs": {k: v for k, v in model.items() if k not in _PARENT_KEYS}}  # fmt: skip
+    for key, want in fixed.items():
+        if key in given and getattr(cfg, key) != want:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from what --init-from "
+                            f"{o.init_from} fixes ({want}); leave it out")  # fmt: skip
+        if getattr(cfg, key) != want:
+            note(key, want, f"the parent checkpoint of --init-from {o.init_from}")
+        setattr(cfg, key, want)
+
+
+_PARENT_KEYS = ("name", "method", "task", "num_classes", "img_size", "num_blocks", "arch")
+
+
+def runs(cfg: RunConfig) -> list[RunSpec]:
+    """Both variants of the mode per model, method and seed; checks the schedule or extension fits each model."""
+    _growth.preflight(cfg)
+    return _specs(cfg)
+
+
+def _specs(cfg: RunConfig) -> list[RunSpec]:
+    return [RunSpec(m, meth, s, 0.0, variant) for m in cfg.model for meth in cfg.methods for s in cfg.seeds
+            for variant in VARIANTS[_mode(cfg)]]  # fmt: skip
 
 
 def rows(cfg: RunConfig, results: list[dict[str, Any]], env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
@@ -88,11 +154,11 @@ def rows(cfg: RunConfig, results: list[dict[str, Any]], env: dict[str, str], run
             base.update(
                 mode=mode,
                 variant=variant,
-                grow_at=_join(cfg.grow_at or []),
-                freeze_overtaken=cfg.freeze_overtaken if mode == "progressive" else "",
-                init_from=cfg.init_from or "",
+                grow_at=_join(cfg.options.grow_at or []),
+                freeze_overtaken=cfg.options.freeze_overtaken if mode == "progressive" else "",
+                init_from=cfg.options.init_from or "",
                 init_sha256=(grown.get("grown_from") or {}).get("weights_sha256", "")[:16],
-                add_blocks=_join(cfg.add_blocks or []),
+                add_blocks=_join(cfg.options.add_blocks or []),
                 trained_blocks=_join(grown["trained_blocks"]),
                 per_block_std=_join(std),
                 block_steps=statistics.fmean(r["block_steps"] for r in mine),
@@ -125,8 +191,7 @@ def run(
     cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
     """Train both variants per model, method and seed; append the rows to the grow leaderboard; print the table."""
-    specs = [RunSpec(m, meth, s, 0.0, variant) for m in cfg.model for meth in cfg.methods for s in cfg.seeds
-             for variant in VARIANTS[_mode(cfg)]]  # fmt: skip
+    specs = _specs(cfg)
     results = []
     for i, spec in enumerate(specs):
         position = f"[{i + 1}/{len(specs)}] "

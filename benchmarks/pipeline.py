@@ -42,6 +42,7 @@ from zoo.pipeline import (
     PipelineConfig,
     PipelineError,
     build,
+    check_config,
     check_micro_batches,
     choose_blocks,
     launch,
@@ -49,16 +50,18 @@ from zoo.pipeline import (
     run_single,
     shares_gpu,
 )
+from zoo.pipeline.flags import PIPELINE_FLAGS
 from zoo.runtime import resolve_device
 from zoo.train import TrainConfig
 
 from ._pipeline_report import DECOUPLED, PIPELINING, ZERO_BUBBLE, engine_label, explain, fmt, report, summaries
 from ._scaling import gpipe_bound, scaling_model
 from .build import batch_pool, model_builder
-from .config import ENGINE_ORDER, RunConfig
+from .options import ENGINE_ORDER
 from .results import append_rows, record_rows
+from .settings import RunConfig
 
-__all__ = ["COLUMNS", "POOL_BATCHES", "run", "scaling_model", "gpipe_bound"]
+__all__ = ["COLUMNS", "POOL_BATCHES", "run", "runs", "scaling_model", "gpipe_bound"]
 
 MICRO_ENGINES = (*PIPELINING, "bp-single-mb")  # run once per micro-batch count
 POOL_BATCHES = 8  # real training batches held in memory and cycled (data loading is not what we measure)
@@ -100,8 +103,8 @@ def _single_child(cfg: PipelineConfig, builder: Builder, batches: Batches, metho
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     try:
         queue.put(("ok", run_single(cfg, builder, batches, method)["stats"]))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, typed
+        queue.put(("error", {"type": type(e).__name__, "user_error": isinstance(e, UserError), "message": str(e)}))
 
 
 def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method: str) -> dict[str, Any]:
@@ -119,16 +122,21 @@ def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method:
         if p.is_alive():
             p.kill()
     if status != "ok":
-        raise RuntimeError(f"{method}-single failed: {value}")
+        what = f"{method}-single failed: {value['type']}: {value['message']}"
+        raise UserError(what) if value["user_error"] else RuntimeError(what)
     return {"stages": [value], "partition": None, "predicted_s": None, "profile": None}
 
 
-def _gist(e: BaseException) -> str:
-    """One line saying why a pipeline could not run: the failing stage's exception, without the launcher's wrapping
-    and the exit summary."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    text = text.removeprefix("pipeline failed: ")
-    return text.split(" (stage 0 ")[0] if " (stage 0 " in text else text
+def _not_runnable(e: BaseException) -> str | None:
+    """Why a zero-bubble schedule cannot run here, or None when `e` is a bug that must surface: a user error (too
+    few blocks per stage or micro-batches, found before launch or by a stage), or an exception torch raised inside
+    its own pipelining code. The failing stage's record says which (`StageFailure`); no message is parsed."""
+    if isinstance(e, UserError):
+        return str(e)
+    f = e.failure if isinstance(e, PipelineError) else None
+    if f is not None and (f.user_error or f.origin.startswith("torch.")):
+        return f"stage {f.stage}: {f.error_type}: {f.message}"
+    return None
 
 
 def _split(batches: Batches, m: int) -> list:
@@ -152,28 +160,33 @@ def _run_engine(engine: str, method: str, pc: PipelineConfig, builder: Builder, 
 def _pipeline_config(cfg: RunConfig) -> PipelineConfig:
     device = resolve_device(cfg.device)
     local = [m for m in cfg.methods if m in LOCAL_METHODS]
+    shared = {fl.target: getattr(cfg.options, fl.name) for fl in PIPELINE_FLAGS}  # python -m zoo.pipeline's flags
     return PipelineConfig(
+        **shared,
         method=local[0] if local else "deinforeg",  # also what profiles the partition
-        stages=cfg.stages,
-        partition=list(cfg.partition) if cfg.partition else None,
-        steps=cfg.steps,
-        warmup_steps=cfg.warmup,
-        micro_batches=cfg.micro_batches[0],
+        micro_batches=cfg.options.micro_batches[0],
         seed=cfg.seeds[0],
         train=TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
         device=device.type,
         threads=cfg.threads or 1,  # one CPU stage process on `threads` cores stands for one device
-        pin_cpu=cfg.pin_cpu,
-        replicas=cfg.replicas,
-        replica_loss=cfg.replica_loss,
-        oversubscribe=cfg.oversubscribe,
     )
+
+
+def runs(cfg: RunConfig) -> list[tuple[str, str, str, int | None]]:
+    """The engines to measure (`_plan`), checked before anything runs: the launch settings and every micro-batch
+    count against the batch size."""
+    plan = _plan(cfg)
+    check_config(_pipeline_config(cfg), devices=False)
+    if any(e in MICRO_ENGINES for _, e, _, _ in plan):
+        for m in cfg.options.micro_batches:
+            check_micro_batches(cfg.batch_size, m)
+    return plan
 
 
 def _plan(cfg: RunConfig) -> list[tuple[str, str, str, int | None]]:
     """(label, engine, method, micro-batches) in measuring order; the first pipeline decides the partition."""
     local = [m for m in cfg.methods if m in LOCAL_METHODS]
-    engines = [e for e in ENGINE_ORDER if e in cfg.engines]
+    engines = [e for e in ENGINE_ORDER if e in cfg.options.engines]
     if not local and any(e in DECOUPLED for e in engines):
         raise UserError(
             f"--bench pipeline trains the decoupled engines with a local method: give at least one of "
@@ -184,7 +197,7 @@ def _plan(cfg: RunConfig) -> list[tuple[str, str, str, int | None]]:
     plan = []
     for e in engines:
         for method in local if e in DECOUPLED else ["bp"]:
-            for m in sorted(set(cfg.micro_batches)) if e in MICRO_ENGINES else [None]:
+            for m in sorted(set(cfg.options.micro_batches)) if e in MICRO_ENGINES else [None]:
                 plan.append((engine_label(e, method, m), e, method, m))
     return plan
 
@@ -195,9 +208,10 @@ def run(
     """Measure every engine (the decoupled ones for each local method) for every model; append rows; print the
     table, where the speedup goes and the scaling model; record the rows in the run folder and W&B."""
     plan = _plan(cfg)  # user errors before anything runs
-    if shares_gpu(_pipeline_config(cfg), cfg.stages):
+    if shares_gpu(_pipeline_config(cfg), cfg.options.stages):
         n = torch.cuda.device_count()
-        log(f"gpipe / 1f1b left out: torch.distributed.pipelining needs one GPU per stage (NCCL), and {cfg.stages} "
+        s = cfg.options.stages
+        log(f"gpipe / 1f1b left out: torch.distributed.pipelining needs one GPU per stage (NCCL), and {s} "
             f"stages share {n} GPU(s) here; the decoupled stages talk gloo through the CPU")  # fmt: skip
         plan = [p for p in plan if p[1] not in PIPELINING and p[1] != "bp-single-mb"]
     rows: list[dict[str, Any]] = []
@@ -214,7 +228,7 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
     b, img = int(batches[0][0].shape[0]), int(batches[0][0].shape[-1])
     builder, pc, cuts = _fine_cuts(cfg, pc, builder, batches, log)
     if any(e in MICRO_ENGINES for _, e, _, _ in plan):
-        for m in cfg.micro_batches:
+        for m in cfg.options.micro_batches:
             check_micro_batches(b, m)  # before anything runs
     s = int(pc.stages)
     if pc.device == "cpu":
@@ -236,33 +250,35 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += f"; blocks of {'+'.join(map(str, cuts.units_per_block))} residual-block units chosen by choose_cuts"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
+    micro = cfg.options.micro_batches
     log(
         f"pipeline bench {run_id}: {model} {cfg.task} on {cfg.dataset} {img}px, batch {b}, {s} stages, {pc.steps} "
         f"steps ({pc.warmup_steps} warm-up){seeds}, methods {', '.join(sorted({m for _, _, m, _ in plan} - {'bp'}))}"
-        f", micro-batches {'/'.join(map(str, sorted(set(cfg.micro_batches))))} (gpipe/1f1b; the best is the baseline)"
+        f", micro-batches {'/'.join(map(str, sorted(set(micro))))} (gpipe/1f1b; the best is the baseline)"
     )
     log(note)
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in plan}
     skipped: dict[str, str] = {}
-    for rep in range(cfg.repeats):
+    for rep in range(cfg.options.repeats):
         for label, engine, method, m in plan:
             if label in skipped:
                 continue
             try:
                 out = _run_engine(engine, method, replace(pc, micro_batches=m) if m else pc, builder, batches)
             except (UserError, PipelineError) as e:
-                if engine not in ZERO_BUBBLE:
+                why = _not_runnable(e) if engine in ZERO_BUBBLE else None
+                if why is None:
                     raise
-                skipped[label] = _gist(e)
+                skipped[label] = why
                 results.pop(label)
-                log(f"  [{rep + 1}/{cfg.repeats}] {label}: not run here: {skipped[label]}")
+                log(f"  [{rep + 1}/{cfg.options.repeats}] {label}: not run here: {skipped[label]}")
                 continue
             if cuts is not None and engine == "deinforeg-pipe":
                 out["predicted_s"] = cuts.predicted_s  # the cut chooser's prediction (the launcher got a partition)
             if out["partition"] is not None and pc.partition is None:
                 pc = replace(pc, partition=out["partition"])  # every later engine runs on the same stages
             results[label].append(out | {"engine": engine, "method": method, "m": m})
-            log(f"  [{rep + 1}/{cfg.repeats}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s")
+            log(f"  [{rep + 1}/{cfg.options.repeats}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s")
     summ = summaries(results)
     rows = report(cfg, pc, summ, note, run_id, env, model, b, img, log)
     for label, why in skipped.items():

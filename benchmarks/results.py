@@ -141,7 +141,7 @@ def record_rows(cfg: Any, run_dir: Path, run_id: str, rows: list[dict[str, Any]]
     (Path(run_dir) / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
     if not rows:
         return
-    tags = [cfg.bench, cfg.task] + ([f"stages{cfg.stages}"] if cfg.bench == "pipeline" else [])
+    tags = [cfg.bench, cfg.task] + ([f"stages{cfg.options.stages}"] if cfg.bench == "pipeline" else [])
     wb = start_run(
         cfg.wandb, cfg.wandb_project, Path(run_dir) / "runs" / cfg.bench, f"{run_id}-{cfg.bench}", run_id,
         cfg.to_dict(), tags, log,

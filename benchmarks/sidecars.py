@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ._runner import RunSpec
-from .config import RunConfig
 from .results import ENV_COLUMNS, append_rows
+from .settings import RunConfig
 
 __all__ = ["AUDIT_COLUMNS", "CURVE_COLUMNS", "audit_path", "audit_rows", "curve_rows", "curves_path", "write"]
 
@@ -73,7 +73,7 @@ def curve_rows(
                 "img_size": cfg.img_size or "", "train_size": r.get("train_size"),
                 "eval_size": cfg.eval_size or "all",
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "budget": cfg.budget,
-                "method": r["method"], "noise_kind": cfg.noise_kind, "noise_rate": float(r["noise_rate"]),
+                "method": r["method"], "noise_kind": cfg.opt("noise_kind"), "noise_rate": float(r["noise_rate"]),
                 "seed": r["seed"], "epoch": rec["epoch"], "metric": rec.get("metric_name"), "val_chosen": chosen,
                 "val_block": block, "val_last": rec.get("val_last"), "train_loss": losses[-1] if losses else None,
                 "epoch_lr": rec.get("lr"), "config_hash": cfg.config_hash(), **env, "run_id": run_id,

@@ -20,10 +20,10 @@ from zoo.train import Trainer, seed_everything
 
 from ._runner import train_config
 from .build import batch_pool, build_model
-from .config import RunConfig
 from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, record_rows, setup_columns
+from .settings import RunConfig
 
-__all__ = ["COLUMNS", "run", "time_steps"]
+__all__ = ["COLUMNS", "run", "runs", "time_steps"]
 
 COLUMNS = (
     *SETUP_COLUMNS,
@@ -56,6 +56,11 @@ def time_steps(trainer: Trainer, x: Any, y: Any, steps: int, warmup: int) -> lis
     return times
 
 
+def runs(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(model, method) pairs, timed in this order."""
+    return [(name, method) for name in cfg.model for method in cfg.methods]
+
+
 def run(
     cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
@@ -64,33 +69,32 @@ def run(
     ((x, y),) = batch_pool(cfg, 1, cfg.seeds[0])
     n = x.shape[0]
     rows: list[dict[str, Any]] = []
-    for model_name in cfg.model:
-        for method in cfg.methods:
-            seed_everything(cfg.seeds[0])
-            model = build_model(cfg, model_name, method)
-            trainer = Trainer(model, train_config(cfg), total_steps=10**6, device=device)
-            mem = PeakMemory(device).start()
-            times = time_steps(trainer, x, y, cfg.steps, cfg.warmup)
-            med = statistics.median(times)
-            rows.append(
-                {
-                    **setup_columns(cfg, "throughput", model_name, method, model.num_blocks),
-                    "batch_size": n,
-                    "stages": 1,
-                    "steps": cfg.steps,
-                    "params": sum(p.numel() for p in model.parameters()),
-                    "step_ms": 1000 * med,
-                    "step_ms_std": 1000 * statistics.stdev(times) if len(times) > 1 else 0.0,
-                    "samples_per_s": n / med,
-                    "peak_mem_mb": mem.peak_mb(),
-                    "mem_kind": mem.kind,
-                    **env,
-                    "run_id": run_id,
-                }
-            )
-            log(f"{model_name} {method}: {1000 * med:.1f} ms/step, {n / med:.1f} samples/s, "
-                f"peak {rows[-1]['peak_mem_mb']:.0f} MB")  # fmt: skip
-            del trainer, model
+    for model_name, method in runs(cfg):
+        seed_everything(cfg.seeds[0])
+        model = build_model(cfg, model_name, method)
+        trainer = Trainer(model, train_config(cfg), total_steps=10**6, device=device)
+        mem = PeakMemory(device).start()
+        times = time_steps(trainer, x, y, cfg.options.steps, cfg.options.warmup)
+        med = statistics.median(times)
+        rows.append(
+            {
+                **setup_columns(cfg, "throughput", model_name, method, model.num_blocks),
+                "batch_size": n,
+                "stages": 1,
+                "steps": cfg.options.steps,
+                "params": sum(p.numel() for p in model.parameters()),
+                "step_ms": 1000 * med,
+                "step_ms_std": 1000 * statistics.stdev(times) if len(times) > 1 else 0.0,
+                "samples_per_s": n / med,
+                "peak_mem_mb": mem.peak_mb(),
+                "mem_kind": mem.kind,
+                **env,
+                "run_id": run_id,
+            }
+        )
+        log(f"{model_name} {method}: {1000 * med:.1f} ms/step, {n / med:.1f} samples/s, "
+            f"peak {rows[-1]['peak_mem_mb']:.0f} MB")  # fmt: skip
+        del trainer, model
     bp = {r["model"]: r["step_ms"] for r in rows if r["method"] == "bp"}
     for r in rows:
         r["ratio_vs_bp"] = r["step_ms"] / bp[r["model"]] if r["model"] in bp else None

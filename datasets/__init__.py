@@ -6,12 +6,21 @@ Note: the Hugging Face library is also imported as `datasets`. Run from the repo
 
 from . import noise
 from ._base import DatasetError, DatasetInfo
-from ._factory import add_label_noise, create_dataset, create_loader, get_dataset_info, list_datasets, register_dataset
+from ._factory import (
+    add_label_noise,
+    check_noise,
+    create_dataset,
+    create_loader,
+    get_dataset_info,
+    list_datasets,
+    register_dataset,
+)
 
 __all__ = [
     "DatasetError",
     "DatasetInfo",
     "add_label_noise",
+    "check_noise",
     "create_dataset",
     "create_loader",
     "get_dataset_info",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
 import random
 from collections.abc import Callable
@@ -93,6 +94,31 @@ def get_dataset_info(name: str) -> DatasetInfo:
     return _REGISTRY[_canonical(name)].info
 
 
+def check_noise(name: str, rate: float, kind: str = "symmetric") -> None:
+    """A DatasetError unless `kind` is a noise kind and `rate` a rate it can reach on dataset `name` (its task and
+    classes: pair noise stays below 0.5, symmetric below (C-1)/C; segmentation counts object classes). Loads no
+    data, so a harness checks a whole sweep before anything trains."""
+    info = get_dataset_info(name)
+    if kind not in NOISE_KINDS:
+        raise DatasetError(f"unknown noise kind {kind!r}; choose one of {', '.join(NOISE_KINDS)}")
+    if not rate:
+        return
+    check = check_noise_rate if info.task == "cls" else check_region_noise_rate
+    try:
+        check(rate, info.num_classes, kind)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _unknown_options(build: Callable[..., Any], kwargs: dict[str, Any]) -> list[str]:
+    """The keywords `build` does not take (none when it takes **kwargs), read from its signature."""
+    params = inspect.signature(build).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return []
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return sorted(set(kwargs) - names)
+
+
 def create_dataset(
     name: str,
     split: str,
@@ -125,25 +151,16 @@ def create_dataset(
             f"datasets.add_label_noise on the val split; the test split stays clean)"
         )
     info = entry.info if image_size is None else replace(entry.info, image_size=int(image_size))
-    if noise_kind not in NOISE_KINDS:
-        raise DatasetError(f"unknown noise kind {noise_kind!r}; choose one of {', '.join(NOISE_KINDS)}")
-    if noise_rate:  # fail on a bad rate before any data is read
-        check = check_noise_rate if info.task == "cls" else check_region_noise_rate
-        try:
-            check(noise_rate, info.num_classes, noise_kind)
-        except ValueError as e:
-            raise DatasetError(str(e)) from None
+    check_noise(info.name, noise_rate, noise_kind)  # before any data is read
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"limit must be a positive number of images, got {limit!r}")
     if limit is not None and info.procedural:
         kwargs["size"] = limit
-    try:
-        ds = entry.build(info, split, real.resolve_root(root), bool(download), bool(train_aug), int(seed), **kwargs)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            raise DatasetError(f"dataset {info.name!r} does not accept these options: {sorted(kwargs)} ({e})") from e
-        raise
+    unknown = _unknown_options(entry.build, kwargs)
+    if unknown:  # from the builder's signature: a TypeError raised inside a builder stays a bug with its traceback
+        raise DatasetError(f"dataset {info.name!r} does not accept these options: {unknown}")
+    ds = entry.build(info, split, real.resolve_root(root), bool(download), bool(train_aug), int(seed), **kwargs)
     ds.embedded = entry.embedded
     if limit is not None and not info.procedural and limit < len(ds):
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(12345))[:limit].sort().values

@@ -13,9 +13,9 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2
 # grow (progressive depth; extension of a pulled checkpoint)
-"$PY" -m benchmarks.run --model resnet18 --epochs 8 --grow-at 2,4,6 --seeds 0,1,2 --threads 1 --wandb disabled
-"$PY" -m benchmarks.run --model resnet18 --epochs 8 --grow-at 2,4,6 --freeze-overtaken --seeds 0,1,2 --threads 1 --wandb disabled
-"$PY" -m benchmarks.run --init-from resnet18.deinforeg_digits --add-blocks conv:128:1 --epochs 8 --seeds 0,1,2 --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench grow --model resnet18 --epochs 8 --grow-at 2,4,6 --seeds 0,1,2 --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench grow --model resnet18 --epochs 8 --grow-at 2,4,6 --freeze-overtaken --seeds 0,1,2 --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench grow --init-from resnet18.deinforeg_digits --add-blocks conv:128:1 --epochs 8 --seeds 0,1,2 --threads 1 --wandb disabled
 # GPU rows (leaderboards/logs/h200_*.txt): on a CUDA machine
 # "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task cls --img-size 224 --batch-size 64
 # "$PY" -m benchmarks.run --bench pipeline --stages 2 --steps 40 --warmup 8 --device cuda --oversubscribe --bandwidth-gbps 10,100,400,3600 --model resnet50 --task seg --img-size 256 --batch-size 16

@@ -93,7 +93,7 @@ def test_safe_run_turns_into_noop_after_a_failure():
     [
         (["--methods", "bp,sgd"], "valid choices: bp, deinforeg, greedy, scpl"),
         (["--model", "resnet181"], "did you mean"),
-        (["--noise-rates", "0,1.5"], "outside [0, 1)"),
+        (["--bench", "noise", "--noise-rates", "0,1.5"], "must be a number in [0, 1)"),
         (["--task", "seg", "--dataset", "digits"], "for seg"),
         (["--dataset", "cifar11"], "Available"),
         (["--epochs", "0"], "positive integer"),
@@ -104,7 +104,7 @@ def test_safe_run_turns_into_noop_after_a_failure():
         (["--bench", "pipeline", "--engines", "gpipe,zb"], "valid choices: bp-single"),
         (["--device", "tpu"], "valid choices: auto, cpu"),
         (["--model-kwargs", "width"], "key=value"),
-        (["--bench", "pipeline", "--micro-batches", "2,0"], "--micro-batches must be positive"),
+        (["--bench", "pipeline", "--micro-batches", "2,0"], "--micro-batches must be a positive integer"),
         (["--bench", "pipeline", "--micro-batches", "2,four"], "as a list of int"),
         (["--budget", "bad"], "valid choices: auto, quick, converged"),
     ],
@@ -141,9 +141,11 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path):
     cfg, _ = config_from_args(["--config", str(cfg_file), "--epochs", "2"])
     assert cfg.model == ["paper_vgg"] and cfg.epochs == 2 and cfg.seeds == [1, 2]
     assert cfg.model_kwargs == {"width": 0.25} and cfg.config == str(cfg_file)
-    assert cfg.micro_batches == [2, 4]  # GPipe / 1F1B measured at both counts by default
-    cfg, _ = config_from_args(["--bench", "throughput", "--stages", "2", "--micro-batches", "8,2"])
-    assert cfg.micro_batches == [8, 2]
+    cfg, _ = config_from_args(["--model", "paper_vgg", "--bench", "pipeline"])
+    assert cfg.options.micro_batches == [2, 4]  # GPipe / 1F1B measured at both counts by default
+    cfg, _ = config_from_args(["--model", "paper_vgg", "--bench", "pipeline", "--stages", "2", "--micro-batches",
+                               "8,2"])  # fmt: skip
+    assert cfg.options.micro_batches == [8, 2]
     cfg_file.write_text("epoch: 5\n")
     assert main(["--config", str(cfg_file)]) == 2
 
@@ -230,7 +232,7 @@ def test_budget_auto_is_quick_on_cpu_and_converged_on_cuda(monkeypatch):
     import torch
 
     import zoo.runtime
-    from benchmarks.config import DATASET_BUDGETS
+    from benchmarks.plan import DATASET_BUDGETS
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg, _ = config_from_args(["--model", "resnet18", "--task", "seg"])
@@ -246,7 +248,7 @@ def test_budget_auto_is_quick_on_cpu_and_converged_on_cuda(monkeypatch):
 
 
 def test_budget_values_the_user_sets_win_and_the_name_is_not_hashed(tmp_path):
-    from benchmarks.config import DATASET_BUDGETS
+    from benchmarks.plan import DATASET_BUDGETS
 
     conv = DATASET_BUDGETS["shapes"]["converged"]
     cfg, _ = config_from_args(["--task", "seg", "--budget", "converged", "--epochs", "2", "--lr", "0.01"])
@@ -268,7 +270,19 @@ def test_noise_run_writes_curves_audit_and_a_publishable_checkpoint(tmp_path):
     from benchmarks import publish
     from leaderboards.render import main as render
 
-    argv = [*TINY_CLS, "--train-size", "100", "--noise-rates", "0.4", "--seeds", "0,1", "--methods", "bp,deinforeg"]
+    argv = [
+        *TINY_CLS,
+        "--bench",
+        "noise",
+        "--train-size",
+        "100",
+        "--noise-rates",
+        "0.4",
+        "--seeds",
+        "0,1",
+        "--methods",
+        "bp,deinforeg",
+    ]
     rc, run_dir = _run(tmp_path, argv)
     assert rc == 0
     lb = tmp_path / "lb"

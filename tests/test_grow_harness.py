@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from benchmarks.config import resolve
+from benchmarks.plan import resolve
 from benchmarks.results import read_rows
 from benchmarks.run import main
 from zoo.checkpoints import save_checkpoint, sha256_file
 from zoo.grow import grow
 
-TINY = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "64",
-        "--eval-size", "32", "--batch-size", "16", "--wandb", "disabled", "--no-progress",
+TINY = ["--bench", "grow", "--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16",
+        "--train-size", "64", "--eval-size", "32", "--batch-size", "16", "--wandb", "disabled", "--no-progress",
         "--threads", "1"]  # fmt: skip
 STEPS = 4  # 64 images / batch 16
 
@@ -89,8 +89,8 @@ def parent(tmp_path_factory) -> Path:
 
 
 def test_init_from_folder_trains_only_new_blocks_and_round_trips(tmp_path, parent):
-    rc, run_dir = _run(tmp_path, ["--init-from", str(parent), "--add-blocks", "conv:16:1", *TINY[4:], "--epochs",
-                                  "1"])  # fmt: skip
+    rc, run_dir = _run(tmp_path, ["--bench", "grow", "--init-from", str(parent), "--add-blocks", "conv:16:1",
+                                  *TINY[6:], "--epochs", "1"])  # fmt: skip
     assert rc == 0
     ckpt = next((run_dir / "runs").glob("*-extended")) / "checkpoint"
     grown, old = zoo.load_checkpoint(ckpt), zoo.load_checkpoint(parent)
@@ -116,13 +116,16 @@ def test_init_from_folder_trains_only_new_blocks_and_round_trips(tmp_path, paren
     assert rows[0]["init_sha256"] == config["grown_from"]["weights_sha256"][:16]
 
 
-def test_add_blocks_syntax():
-    cfg = resolve({"init_from": "paper_vgg.deinforeg_digits", "add_blocks": ["conv:64:2,conv:32:1:2", "stages:2"]})
+def test_add_blocks_syntax_and_what_init_from_derives():
+    cfg = resolve({"bench": "grow", "init_from": "paper_vgg.deinforeg_digits", "add_blocks": "conv:64:1"})
     assert cfg.bench == "grow" and cfg.model == ["paper_vgg"] and cfg.methods == ["deinforeg"]
     assert cfg.img_size == 16 and cfg.model_kwargs == {"width": 0.25}
+    derived = {d["setting"]: d for d in cfg.derived}  # printed by the run and saved in its config.yaml
+    assert {"model", "methods", "img_size", "model_kwargs"} <= set(derived)
+    assert "--init-from paper_vgg.deinforeg_digits" in derived["model"]["source"]
     from benchmarks._growth import parse_block_specs
 
-    assert parse_block_specs(cfg.add_blocks + ["stages:resnet34:2+3"]) == [
+    assert parse_block_specs(["conv:64:2", "conv:32:1:2", "stages:2", "stages:resnet34:2+3"]) == [
         {"kind": "conv", "width": 64, "stride": 2, "depth": 1},
         {"kind": "conv", "width": 32, "stride": 1, "depth": 2},
         {"kind": "stages", "name": None, "stages": [2]},
@@ -150,7 +153,7 @@ def parent4(tmp_path_factory) -> Path:
         (["--epochs", "8", "--grow-at", "1,2,3,4"], "at most 3"),
         (["--freeze-overtaken"], "needs --grow-at"),
         (["--grow-at", "1", "--methods", "bp"], "decoupled method"),
-        (["--grow-at", "1", "--bench", "noise"], "are for --bench grow"),
+        (["--grow-at", "1", "--bench", "noise"], "is for --bench grow, not --bench noise"),
         (["--bench", "grow"], "needs --grow-at"),
         (["--init-from", "no/such/folder", "--add-blocks", "conv:8"], "neither a checkpoint folder"),
         (["--init-from", "PARENT", "--add-blocks", "conv:x"], "expected conv:WIDTH"),
@@ -163,7 +166,7 @@ def parent4(tmp_path_factory) -> Path:
 )
 def test_bad_growth_requests_exit_2_with_one_line(tmp_path, capsys, parent, parent4, extra, words):
     extra = [str(parent) if a == "PARENT" else str(parent4) if a == "PARENT4" else a for a in extra]
-    base = TINY[4:] if "--init-from" in extra else TINY
+    base = ["--bench", "grow", *TINY[6:]] if "--init-from" in extra else TINY
     rc, _ = main([*base, "--epochs", "3", *extra, "--out", str(tmp_path / "runs")]), None
     err = capsys.readouterr().err.strip()
     assert rc == 2 and words in err and "\n" not in err and "Traceback" not in err

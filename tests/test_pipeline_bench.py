@@ -9,7 +9,7 @@ import json
 import pytest
 
 from benchmarks import pipeline
-from benchmarks.config import resolve
+from benchmarks.plan import resolve
 from zoo.errors import UserError
 from zoo.runtime import environment
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
+from .exits import EXIT_POLICIES, ExitRule, adaptive_forward, adaptive_from_blocks, check_exit_policy
 from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
 from .metrics import IGNORE_INDEX
 from .tasks import check_task
@@ -45,8 +46,6 @@ __all__ = [
     "forward_block",
     "merge_units",
 ]
-
-EXIT_POLICIES = ("last", "best", "adaptive")
 
 
 class Block(nn.Module):
@@ -174,10 +173,9 @@ BUILD_KEYS = ("ignore_index", "head_kwargs")
 class DecoupledModel(nn.Module):
     """A network cut into `blocks`, trained by `method` in {bp, deinforeg, greedy, scpl}.
 
-    `model(x)` predicts through the exit chosen by `exit_policy`: `last`; `best` (the block chosen on the
-    validation split, stored in the `best_block` buffer so it travels with the weights); or `adaptive` (per-sample
-    early exit once a block is confident enough, or two consecutive blocks agree and their softmax outputs are
-    similar enough). After an adaptive forward, `last_mean_depth` holds the mean number of blocks used.
+    `model(x)` predicts through the exit chosen by `exit_policy` (zoo/exits.py): `last`; `best` (the block chosen
+    on the validation split, stored in the `best_block` buffer so it travels with the weights); or `adaptive`
+    (per-sample early exit). After an adaptive forward, `last_mean_depth` holds the mean number of blocks used.
     """
 
     def __init__(
@@ -218,10 +216,7 @@ class DecoupledModel(nn.Module):
 
     @exit_policy.setter
     def exit_policy(self, policy: str) -> None:
-        if policy not in EXIT_POLICIES:
-            raise UserError(f"unknown exit policy {policy!r}; valid choices: {', '.join(EXIT_POLICIES)}")
-        if policy == "adaptive" and self.method == "bp":
-            raise UserError("exit policy 'adaptive' needs a head on every block; method 'bp' has only the last")
+        check_exit_policy(policy, self.method)
         self._exit_policy = policy
 
     @property
@@ -330,79 +325,27 @@ class DecoupledModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exit_policy == "adaptive":
-            return self._adaptive(x)
+            out, depth = adaptive_forward(self._exit_rule(), self.blocks, x, self._to_output)
+            self._record_depth(depth)
+            return out
         stop = self.exit_block
         feats = [x]
         for block in self.blocks[: stop + 1]:
             feats.append(block(feats))
         return self._to_output(self.blocks[stop].head(feats[-1]), x)
 
-    @staticmethod
-    def _probs(logits: torch.Tensor) -> torch.Tensor:
-        """Softmax over classes as (n, C, pixels); classification has one 'pixel'."""
-        return logits.float().softmax(dim=1).reshape(logits.shape[0], logits.shape[1], -1)
-
-    def _leave(self, prob: torch.Tensor, prev_prob: torch.Tensor | None, k: int) -> torch.Tensor:
-        """Which samples exit at block k: confident enough, or agreeing with and similar to block k-1."""
-        if k == self.num_active - 1:
-            return torch.ones(prob.shape[0], dtype=torch.bool, device=prob.device)
-        leave = prob.max(dim=1).values.mean(dim=1) >= self.exit_confidence
-        if prev_prob is not None:
-            agree = (prob.argmax(1) == prev_prob.argmax(1)).all(dim=1)
-            similar = F.cosine_similarity(prob.flatten(1), prev_prob.flatten(1), dim=1) >= self.exit_similarity
-            leave = leave | (agree & similar)
-        return leave
-
     def _record_depth(self, depth: torch.Tensor) -> None:
         self.last_exit_depth = depth
         self.last_mean_depth = float(depth.float().mean())
 
-    def _adaptive(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample early exit that only runs the blocks each sample still needs."""
-        b = x.shape[0]
-        out: torch.Tensor | None = None
-        depth = torch.full((b,), self.num_active, dtype=torch.long, device=x.device)
-        active = torch.arange(b, device=x.device)
-        feats = [x]
-        prev_prob: torch.Tensor | None = None
-        for k, block in enumerate(self.blocks[: self.num_active]):
-            h = block(feats)
-            feats.append(h)
-            logits = self._to_output(block.head(h), x[active])
-            if out is None:
-                out = logits.new_zeros((b, *logits.shape[1:]))
-            prob = self._probs(logits)
-            leave = self._leave(prob, prev_prob, k)
-            out[active[leave]] = logits[leave]
-            depth[active[leave]] = k + 1
-            keep = ~leave
-            if not bool(keep.any()):
-                break
-            active = active[keep]
-            feats = [f[keep] for f in feats]
-            prev_prob = prob[keep]
-        self._record_depth(depth)
-        assert out is not None
-        return out
-
     def adaptive_from_blocks(self, preds: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """The adaptive exit's output from every block's prediction (`forward_blocks`), with no second forward."""
-        preds = preds[: self.num_active]
-        if any(p is None for p in preds):
-            raise UserError("the adaptive exit needs a head on every block")
-        out = preds[-1].clone()
-        depth = torch.full((out.shape[0],), self.num_active, dtype=torch.long, device=out.device)
-        undecided = torch.ones_like(depth, dtype=torch.bool)
-        prev_prob: torch.Tensor | None = None
-        for k, logits in enumerate(preds):
-            prob = self._probs(logits)
-            now = self._leave(prob, prev_prob, k) & undecided
-            out[now] = logits[now]
-            depth[now] = k + 1
-            undecided &= ~now
-            prev_prob = prob
+        out, depth = adaptive_from_blocks(self._exit_rule(), preds)
         self._record_depth(depth)
         return out
+
+    def _exit_rule(self) -> ExitRule:
+        return ExitRule(self.num_active, self.exit_confidence, self.exit_similarity)
 
 
 def build_decoupled(

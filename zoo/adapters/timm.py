@@ -209,23 +209,29 @@ def _cut(model: nn.Module, img_size: int, name: str, cut: str = "stage") -> _Cut
 # -- building ----------------------------------------------------------------------------------------------------
 def _new_timm(name: str, num_classes: int, img_size: int | None, timm_kwargs: dict[str, Any]) -> nn.Module:
     kw = dict(pretrained=False, num_classes=num_classes, **timm_kwargs)
-    try:
-        if img_size is not None:
-            try:  # ViTs size their position embedding by img_size; CNNs take any size and reject the argument
-                return timm.create_model(name, img_size=img_size, **kw)
-            except TypeError as e:
-                if "img_size" not in str(e):
-                    raise
-        return timm.create_model(name, **kw)
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        own = ("num_blocks", "projector", "pretrained_backbone", "img_size", "cut", "block_units")
-        own += (*MODEL_KEYS, *BUILD_KEYS)
+    sized = dict(kw, img_size=img_size) if img_size is not None else kw
+    try:  # ViTs size their position embedding by img_size; CNNs take any size and have no such argument
+        return timm.create_model(name, **sized)
+    except TypeError:
+        takes = _timm_keywords(name, num_classes)  # read from the model class's signature, never from the message
+        if takes is None or (set(timm_kwargs) <= takes and (img_size is None or "img_size" in takes)):
+            raise  # every keyword is the model's: the TypeError came from inside its constructor, a bug
+    if set(timm_kwargs) <= takes:
+        return timm.create_model(name, **kw)  # only img_size was not the model's
+    own = ("num_blocks", "projector", "pretrained_backbone", "img_size", "cut", "block_units")
+    check_kwargs(timm_kwargs, [*own, *MODEL_KEYS, *BUILD_KEYS, *takes], f"timm model {name!r}")
+    raise AssertionError("unreachable: check_kwargs raised")
+
+
+def _timm_keywords(name: str, num_classes: int) -> set[str] | None:
+    """The keywords timm model `name`'s class takes (None: it takes any, **kwargs), from its signature; the class is
+    found by building the model on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
         cls = type(timm.create_model(name, pretrained=False, num_classes=num_classes))
-        takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        check_kwargs(timm_kwargs, [*own, *takes], f"timm model {name!r}")
-        raise UserError(f"timm model {name!r} rejected its keywords: {e}") from None
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"}
 
 
 def _load_backbone(model: nn.Module, path: str) -> None:

@@ -23,14 +23,16 @@ from .._factory import create_model, parse_model_kwargs
 from ..errors import UserError
 from ..tasks import TASKS
 from ..train import OPTIMIZERS, TrainConfig
-from ._replica import REPLICA_LOSSES
 from .engine import ENGINES, Batches, Builder, PipelineConfig, synthetic_batches
+from .flags import CLI_FLAGS, PIPELINE_FLAGS, add_pipeline_flags, pipeline_values
 from .launch import PipelineError, in_torchrun, launch
 
 PROG = "python -m zoo.pipeline"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The model and data flags, then the pipeline's (`flags.PIPELINE_FLAGS`, shared with the harness's
+    `--bench pipeline`, and `flags.CLI_FLAGS`); launch defaults are `PipelineConfig`'s and `TrainConfig`'s."""
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -44,31 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model-kwargs", default=None, help="extra create_model arguments, e.g. width=0.25")
     a("--method", default="deinforeg", help="local method (deinforeg, greedy, scpl)")
     a("--engine", default="deinforeg", choices=ENGINES, help="deinforeg: decoupled; the rest: BP (pipelining)")
-    a("--stages", type=int, default=None, help="stage processes to spawn (default 2; under torchrun: its world size)")
-    a("--replicas", type=int, default=1, help="processes per stage, each on a 1/replicas shard of every batch")
-    a(
-        "--replica-loss",
-        default="global",
-        choices=REPLICA_LOSSES,
-        help="global: local loss and BatchNorm over the stage's whole batch; shard: per replica (cheaper)",
-    )
-    a("--oversubscribe", action="store_true", help="allow more processes than GPUs (or cores / --threads)")
-    a("--partition", default=None, help="blocks per stage, e.g. 3,1 (default: profile and balance)")
     a("--batches", default="synthetic", help="synthetic | module:function returning a list of (x, y)")
     a("--batch-size", type=int, default=64)
     a("--num-batches", type=int, default=8, help="synthetic: batches generated (and cycled)")
-    a("--steps", type=int, default=20)
-    a("--warmup", type=int, default=3)
-    a("--micro-batches", type=int, default=4, help="BP engines only")
-    a("--max-in-flight", type=int, default=2)
-    a("--optimizer", default="adamw", choices=OPTIMIZERS)
-    a("--lr", type=float, default=2e-3)
     a("--seed", type=int, default=0)
     a("--device", default="cpu")
-    a("--threads", type=int, default=1, help="torch threads per stage process")
-    a("--timeout", type=float, default=120.0, help="longest wait for one message (s)")
-    a("--port", type=int, default=None, help="rendezvous port when spawning stages (default: a free one)")
-    a("--checkpoint", default=None, help="save the trained model to this folder (zoo.checkpoints format)")
+    train = TrainConfig()
+    a("--optimizer", default=argparse.SUPPRESS, choices=OPTIMIZERS, help=f"(default: {train.optimizer})")
+    a("--lr", type=float, default=argparse.SUPPRESS, help=f"peak learning rate (default: {train.lr:g})")
+    add_pipeline_flags(p, (*PIPELINE_FLAGS, *CLI_FLAGS))
     a("--fault", default=None, help=argparse.SUPPRESS)  # testing: STAGE:STEP:raise|kill|hang
     return p
 
@@ -100,38 +86,21 @@ def load_batches(ns: argparse.Namespace) -> Batches:
     return list(func(batch_size=ns.batch_size, seed=ns.seed))
 
 
-def _partition(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"--partition expects blocks per stage like 3,1, got {text!r}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     ns.img_size = ns.img_size or (32 if ns.task == "cls" else 64)
     try:
+        values = pipeline_values(ns, (*PIPELINE_FLAGS, *CLI_FLAGS))
+        if "stages" not in values and in_torchrun():
+            values["stages"] = None  # the launcher's world size
+        train = {k: getattr(ns, k) for k in ("optimizer", "lr") if hasattr(ns, k)}
         cfg = PipelineConfig(
+            **values,
             engine=ns.engine,
             method=ns.method,
-            stages=ns.stages if ns.stages is not None or in_torchrun() else 2,
-            replicas=ns.replicas,
-            replica_loss=ns.replica_loss,
-            oversubscribe=ns.oversubscribe,
-            partition=_partition(ns.partition),
-            steps=ns.steps,
-            warmup_steps=ns.warmup,
-            micro_batches=ns.micro_batches,
-            max_in_flight=ns.max_in_flight,
             seed=ns.seed,
-            train=TrainConfig(optimizer=ns.optimizer, lr=ns.lr),
+            train=TrainConfig(**train),
             device=ns.device,
-            threads=ns.threads,
-            timeout_s=ns.timeout,
-            port=ns.port,
-            checkpoint=ns.checkpoint,
             fault=ns.fault,
         )
         result = launch(cfg, model_builder(ns), load_batches(ns))

@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch.distributed as dist
 
 from ..decoupled import DecoupledModel
 from ._bp import stage_bp
-from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, first_error, report_error
+from ._comm import Link, PeerFailure, PeerLost, Watchdog, connect_store, report_error
+from ._failures import PipelineError, StageFailure, _failed, _is_connection_error, _monitor, _report, _stop_all
 from .checks import (
     check_batches,
     check_config,
@@ -49,11 +49,7 @@ from .engine import (
 )
 from .partition import Partition, partition_units, profile_units
 
-__all__ = ["PipelineError", "PipelineResult", "launch", "in_torchrun"]
-
-
-class PipelineError(RuntimeError):
-    """A stage failed; the message names the stage and the cause."""
+__all__ = ["PipelineError", "PipelineResult", "StageFailure", "launch", "in_torchrun"]
 
 
 @dataclass
@@ -75,17 +71,6 @@ class PipelineResult:
 
 def in_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _log(cfg: PipelineConfig, rank: int, msg: str) -> None:
@@ -266,26 +251,6 @@ def _guarded(cfg, builder, batches, rank, world, host, port, prefix, host_store,
         return _failed(host, port, prefix, rank, e)
 
 
-def _is_connection_error(e: BaseException) -> bool:
-    text = str(e)
-    return "Connection closed by peer" in text or "Connection reset by peer" in text
-
-
-def _failed(host: str, port: int, prefix: str, rank: int, e: BaseException) -> int:
-    msg = f"stage {rank} failed: {type(e).__name__}: {e}"
-    _report(host, port, prefix, msg)
-    traceback.print_exc()
-    print(f"[stage {rank}] {msg}", file=sys.stderr, flush=True)
-    return 1
-
-
-def _report(host: str, port: int, prefix: str, msg: str) -> None:
-    try:
-        report_error(dist.PrefixStore(prefix, connect_store(host, port, 5.0)), msg)
-    except Exception:  # noqa: BLE001 - the store may be gone; the watchdogs then see the silence
-        pass
-
-
 # -- launchers ---------------------------------------------------------------------------------------------------
 def launch(cfg: PipelineConfig, builder: Builder, batches: Batches) -> PipelineResult | None:
     """Train the model `builder(method=...)` builds on `batches` (cycled for `cfg.steps` steps), pipelined.
@@ -318,7 +283,7 @@ def _launch_torchrun(cfg: PipelineConfig, builder: Builder, batches: Batches, ba
     except PeerFailure as e:
         raise PipelineError(f"stage {rank} stopped: {e}") from None
     except (KeyboardInterrupt, Exception) as e:
-        _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}")
+        _report(host, port, prefix, f"stage {rank} failed: {type(e).__name__}: {e}", StageFailure.of(rank, e))
         raise
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -380,39 +345,3 @@ def _launch_spawn(cfg: PipelineConfig, builder: Builder, batches: Batches, batch
         saved_result["trainer_state"],
         cfg,
     )
-
-
-def _monitor(procs: list, store: dist.Store, poll_s: float = 0.1, stop_within_s: float = 25.0) -> None:
-    """Wait for every stage; on the first failure make the rest stop and raise PipelineError naming it."""
-    while True:
-        codes = [p.exitcode for p in procs]
-        if all(c == 0 for c in codes):
-            return
-        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
-        bad = min(failed, key=lambda r: (codes[r] > 0, r)) if failed else None  # a killed stage first
-        err = first_error(store)
-        if bad is not None or err is not None:
-            if err is None:
-                time.sleep(0.5)  # the stage may have reported its cause just before exiting
-                err = first_error(store)
-            if err is None:
-                err = f"stage {bad} {_describe_exit(codes[bad])}"
-                report_error(store, err)
-            _stop_all(procs, stop_within_s)
-            summary = ", ".join(f"stage {r} {_describe_exit(p.exitcode)}" for r, p in enumerate(procs))
-            raise PipelineError(f"pipeline failed: {err} ({summary})")
-        time.sleep(poll_s)
-
-
-def _stop_all(procs: list, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(timeout=3)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=3)

@@ -1,0 +1,105 @@
+"""What every leaderboard section shares: reading a board (the latest row per setup and method), number formats,
+setup names, paired differences over seeds, method order and colours, and the plotting backend."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["BEGIN", "COLORS", "END", "METHOD_ORDER", "SETUP_KEYS", "TABLE_KEYS", "load_board", "paired_diff",
+           "setup_name"]  # fmt: skip
+
+BEGIN = "<!-- BEGIN GENERATED (python -m leaderboards.render) -->"
+END = "<!-- END GENERATED -->"
+SETUP_KEYS = (
+    "model",
+    "arch",
+    "model_kwargs",
+    "img_size",
+    "dataset",
+    "train_size",
+    "epochs",
+    "batch_size",
+    "num_blocks",
+)
+# one table per setup and noise kind (each method is compared with the BP row of the same kind and rate)
+TABLE_KEYS = SETUP_KEYS + ("noise_kind",)
+METHOD_ORDER = ("bp", "deinforeg", "greedy", "scpl")
+COLORS = {"bp": "#444444", "deinforeg": "#d62728", "greedy": "#1f77b4", "scpl": "#2ca02c"}
+
+
+def load_board(path: str | Path) -> list[dict[str, str]]:
+    """Rows of one CSV, the latest per (setup, method, noise kind, noise rate)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    latest: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        key = tuple(r.get(k, "") for k in TABLE_KEYS + ("method", "noise_rate", "stages"))
+        latest[key] = r
+    return list(latest.values())
+
+
+def _f(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "", "-") else None
+    except ValueError:
+        return None
+
+
+def _fmt2(v: str | None) -> str:
+    x = _f(v)
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _method_key(m: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def setup_name(r: dict[str, str]) -> str:
+    name = r["model"] if r.get("task") != "seg" else f"{r.get('arch') or 'unet'}-{r['model']}"
+    extras = [r["model_kwargs"]] if r.get("model_kwargs") else []
+    if r.get("img_size"):
+        extras.append(f"{r['img_size']}px")
+    if r.get("epochs"):
+        extras.append(f"{r['epochs']} ep")
+    if r.get("noise_kind") not in (None, "", "symmetric"):
+        extras.append(f"{r['noise_kind']} noise")  # symmetric is the default; other kinds get their own table
+    return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _per_seed(r: dict[str, str]) -> dict[str, float]:
+    seeds = (r.get("seeds") or "").split(";")
+    vals = (r.get("metric_per_seed") or "").split(";")
+    return {s: float(v) for s, v in zip(seeds, vals) if s and v not in ("", "-")}
+
+
+def paired_diff(row: dict[str, str], base: dict[str, str]) -> tuple[float, float, int] | None:
+    """Mean and std over common seeds of (row − base), and how many seeds were paired."""
+    a, b = _per_seed(row), _per_seed(base)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    d = [a[s] - b[s] for s in common]
+    return statistics.fmean(d), statistics.stdev(d) if len(d) > 1 else 0.0, len(d)
+
+
+def _group(rows: list[dict[str, str]]) -> dict[tuple, list[dict[str, str]]]:
+    """Rows by TABLE_KEYS, the same fields load_board keeps the latest row under (less method, rate and stages)."""
+    groups: dict[tuple, list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k, "") for k in TABLE_KEYS), []).append(r)
+    return groups
+
+
+def _finish(fig, legend_ax, path: Path) -> Path:
+    legend_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
