@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -184,10 +185,13 @@ def test_unsupported_and_unknown_names() -> None:
         timm_adapter.create("resnt50")
 
 
-@pytest.mark.parametrize("name", ["levit_128s", "xception41", "pit_ti_224", "xcit_nano_12_p16_224", "coat_lite_tiny"])
+@pytest.mark.parametrize(
+    "name", ["levit_128s", "xception41", "pit_ti_224", "xcit_nano_12_p16_224", "coat_lite_tiny", "hiera_tiny_224"]
+)
 def test_formerly_refused_families_split_equals_whole(name: str) -> None:
     """LeViT (a layout step between stem and stages), Xception (feature points inside branching blocks, snapped to
-    the block), PiT, XCiT and CoaT-Lite (stage units that pass one packed tensor) compute what timm computes."""
+    the block), PiT, XCiT and CoaT-Lite (stage units that pass one packed tensor), Hiera (a Prefix for its opening)
+    compute what timm computes; a deep copy (the pipeline partitioner, export) runs on its own weights."""
     torch.manual_seed(0)
     model = timm_adapter.create(name, method="bp", num_classes=5, img_size=64)
     torch.manual_seed(0)
@@ -196,6 +200,10 @@ def test_formerly_refused_families_split_equals_whole(name: str) -> None:
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (model.eval()(x) - ref(x)).abs().max() <= 1e-5
+        clone = copy.deepcopy(model)
+        for t in model.parameters():
+            t.zero_()
+        assert (clone(x) - ref(x)).abs().max() <= 1e-5
     assert model.num_blocks >= 3
     names = [n for n, _ in model.named_modules()]
     if name == "levit_128s":
