@@ -103,7 +103,7 @@ REFUSED = {
     "cait": ("cait_xxs24_224", 32, "module 'norm' does not read the previous module's output"),  # class attention
     "convit": ("convit_tiny", 32, "module 'blocks.10' does not read"),  # class token inserted after block 9
     "crossvit": ("crossvit_tiny_240", 240, "module .blocks.0. reads 2 tensors at once"),  # two branches
-    "deepseek_vit": ("deepseek_vit_412m", 224, "feature_info gives one stage"),
+    "deepseek_vit": ("deepseek_vit_412m", 224, "module .encoder.blocks.0. does not read"),
     "efficientvim": ("efficientvim_m1", 32, "module 'stages.1' does not read"),
     "eva": ("vit_tiny_patch16_dinov3_qkvb", 32, "does not run `blocks` then `norm`"),  # rotary embedding input
     "gemma4_vit": ("gemma4_vit_167m_enc", 96, "module 'blocks.0' takes more than one tensor input"),
@@ -113,7 +113,7 @@ REFUSED = {
     "nasnet": ("nasnetalarge", 32, "does not read the previous module's output"),  # cells read two inputs
     "nest": ("nest_tiny", 32, "do not reproduce the original forward pass"),
     "pnasnet": ("pnasnet5large", 32, "does not read the previous module's output"),
-    "qwen3_vit": ("qwen3_vit_88m", 32, "feature_info gives one stage"),
+    "qwen3_vit": ("qwen3_vit_88m", 32, "module .encoder.blocks.0. does not read"),
     "selecsls": ("selecsls42", 32, "module 'features.1' reads 2 tensors at once"),
     "tnt": ("tnt_s_legacy_patch16_224", 32, "module 'blocks.0' does not read"),  # pixel and patch streams
     "twins": ("twins_svt_small", 32, "module 'norm' does not read"),

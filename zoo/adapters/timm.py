@@ -219,6 +219,22 @@ def _split_prefix(model: nn.Module, calls: list, x: torch.Tensor, stages: list[s
     raise whole
 
 
+def _learning_ends(chain: list, ends: list[int]) -> list[int]:
+    """Cut points such that every unit has weights: a stage without any (VGG's last max-pool, whose classifier MLP
+    is timm's head) joins the unit before it, or the one after it if it comes first."""
+    has = lambda a, b: any(p.requires_grad for c in chain[a : b + 1] for p in c.module.parameters())  # noqa: E731
+    out: list[int] = []
+    for e in ends:
+        start = out[-1] + 1 if out else 0
+        if has(start, e) or not out:
+            out.append(e)
+        else:
+            out[-1] = e  # merge into the previous unit
+    if len(out) > 1 and not has(0, out[0]):
+        out.pop(0)  # a first unit without weights joins the second
+    return out
+
+
 def _chain_cut(
     model: nn.Module, x: torch.Tensor, name: str, feat_names: list[str], stages: list[str], per_block: bool
 ) -> _Cut:
@@ -233,6 +249,7 @@ def _chain_cut(
         raise NotSequentialError(f"feature modules {missing} are not on the chain of its forward pass")
     ends = sorted(order.index(n) for n in cuts)
     ends[-1] = len(chain) - 1  # what follows the last stage (conv_head, final norm) joins the last block
+    ends = _learning_ends(chain, ends)
     units, shapes, start = [], [], 0
     h = x
     for e in ends:
