@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -176,10 +177,37 @@ def test_config_records_data_and_rebuilds() -> None:
 
 
 def test_unsupported_and_unknown_names() -> None:
-    with pytest.raises(ValueError, match="cannot be cut into blocks.*Supported families"):
-        timm_adapter.create("levit_128s", img_size=64)
+    with pytest.raises(ValueError, match="cannot be cut into blocks: module 'stage2' reads 2 tensors at once"):
+        timm_adapter.create("hrnet_w18_small", img_size=64)  # parallel multi-resolution branches: no chain
+    with pytest.raises(ValueError, match="parallel blocks read all four stages at once"):
+        timm_adapter.create("coat_tiny", img_size=64)
     with pytest.raises(ValueError, match="close matches: .*resnet50"):
         timm_adapter.create("resnt50")
+
+
+@pytest.mark.parametrize(
+    "name", ["levit_128s", "xception41", "pit_ti_224", "xcit_nano_12_p16_224", "coat_lite_tiny", "hiera_tiny_224"]
+)
+def test_formerly_refused_families_split_equals_whole(name: str) -> None:
+    """LeViT (a layout step between stem and stages), Xception (feature points inside branching blocks, snapped to
+    the block), PiT, XCiT and CoaT-Lite (stage units that pass one packed tensor), Hiera (a Prefix for its opening)
+    compute what timm computes; a deep copy (the pipeline partitioner, export) runs on its own weights."""
+    torch.manual_seed(0)
+    model = timm_adapter.create(name, method="bp", num_classes=5, img_size=64)
+    torch.manual_seed(0)
+    kw = {} if name.startswith("xception") else {"img_size": 64}
+    ref = timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model.eval()(x) - ref(x)).abs().max() <= 1e-5
+        clone = copy.deepcopy(model)
+        for t in model.parameters():
+            t.zero_()
+        assert (clone(x) - ref(x)).abs().max() <= 1e-5
+    assert model.num_blocks >= 3
+    names = [n for n, _ in model.named_modules()]
+    if name == "levit_128s":
+        assert any(n.endswith("stages_0_layout") for n in names)  # the stem's map, flattened to tokens
 
 
 def test_list_supported() -> None:
@@ -189,7 +217,8 @@ def test_list_supported() -> None:
     for n in ("mobilenetv3_large_100", "vit_base_patch16_224", "deit_small_patch16_224"):
         assert n in names
     assert set(timm_adapter.list_supported("convnext_*")) <= {n for n in names if n.startswith("convnext_")}
-    assert "levit_128s" not in names
+    assert {"levit_128s", "pit_ti_224", "xcit_nano_12_p16_224", "coat_lite_tiny", "xception41"} <= set(names)
+    assert "hrnet_w18_small" not in names
 
 
 def test_cut_block_makes_every_residual_block_a_unit() -> None:

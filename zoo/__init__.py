@@ -10,6 +10,7 @@ from .export import export
 from .grow import freeze, grow
 from .heads import LOCAL_METHODS, METHODS
 from .models import paper_resnet18, paper_vgg
+from .publish import push_to_hub
 from .tasks import TASK_DEFAULTS, TASKS
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "parse_model_kwargs",
     "paper_resnet18",
     "paper_vgg",
+    "push_to_hub",
     "save_checkpoint",
 ]
 __version__ = "0.1.0"

@@ -2,7 +2,8 @@
 
 Classification names are timm architectures or the zoo's own registered models; segmentation names are SMP
 encoders with `arch` the SMP architecture. A `name.tag` form selects pretrained decoupled weights (timm's
-`resnet50.a1_in1k` convention). Keyword arguments left as None are dropped so each model's defaults apply.
+`resnet50.a1_in1k` convention), and `hf-hub:org/name[@revision]` a checkpoint folder on the Hugging Face Hub
+(timm's spelling). Keyword arguments left as None are dropped so each model's defaults apply.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def create_model(
     """Build a DecoupledModel. See the module docstring for how `name`, `task` and `arch` are read."""
     check_task(task)
     check_method(method)
+    if hub.is_hf_hub(name):  # the checkpoint's config fixes task, method and architecture
+        fixed = sorted(k for k, v in {"num_blocks": num_blocks, "arch": arch, **kwargs}.items() if v is not None)
+        if fixed:
+            raise UserError(f"{name}: the checkpoint's config.json fixes the architecture; drop {', '.join(fixed)}")
+        return checkpoints.load_hf_hub(name, num_classes=num_classes, pretrained=pretrained)
     base, tag = split_tag(name)
     if pretrained or tag is not None:
         return checkpoints.load_pretrained(name, num_classes=num_classes)

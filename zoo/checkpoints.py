@@ -24,7 +24,7 @@ from ._files import CONFIG_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME, fsync_dir, s
 from .decoupled import DecoupledModel
 from .errors import CheckpointError
 from .grow import regrow
-from .hub import fetch_url_folder, get_pretrained_entry, is_url, pull
+from .hub import fetch_url_folder, get_pretrained_entry, is_hf_hub, is_url, pull, pull_hf_hub
 from .runtime import git_commit
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "resume_trainer",
     "read_config",
     "load_pretrained",
+    "load_hf_hub",
     "sha256_file",
 ]
 
@@ -222,6 +223,8 @@ def _to_model_dtypes(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -
 
 def _resolve_folder(path_or_url: str | os.PathLike) -> Path:
     s = os.fspath(path_or_url)
+    if is_hf_hub(s):
+        return pull_hf_hub(s)[0]
     if is_url(s):
         return fetch_url_folder(s)
     p = Path(s).expanduser()
@@ -325,3 +328,35 @@ def load_pretrained(
         return load_checkpoint(folder, map_location=map_location, num_classes=num_classes)
     except CheckpointError as e:
         raise CheckpointError(f"{full}: {e}") from None
+
+
+def load_hf_hub(
+    name: str, num_classes: int | None = None, map_location: str | torch.device = "cpu", pretrained: bool = True
+) -> DecoupledModel:
+    """`zoo.create_model("hf-hub:org/name[@revision]", pretrained=...)`: a checkpoint folder on the Hugging Face Hub.
+
+    `pretrained=False` fetches config.json alone and builds the architecture it describes with fresh weights
+    (timm's behaviour for hf-hub names). The weights' sha256 recorded in config.json is checked on load; the commit
+    the files came from is kept in `model.checkpoint_meta["hf_hub"]`.
+    """
+    folder, pinned = pull_hf_hub(name, config_only=not pretrained)
+    try:
+        if not pretrained:
+            config = read_config(folder)
+            try:
+                model = build_from_config(config["model"])
+                if config.get("growth"):
+                    regrow(model, config["growth"])
+            except (ValueError, TypeError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"cannot rebuild {_describe(config)}: {e}") from None
+            n = model.num_classes
+            if num_classes is not None and int(num_classes) != int(n):
+                raise CheckpointError(f"class-count mismatch: the checkpoint has {n} classes, {num_classes} asked")
+            model.checkpoint_meta = config
+            model = model.to(map_location)
+        else:
+            model = load_checkpoint(folder, map_location=map_location, num_classes=num_classes)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    model.checkpoint_meta = {**model.checkpoint_meta, "hf_hub": {"repo_id": pinned.repo_id, "commit": pinned.revision}}
+    return model

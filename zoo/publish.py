@@ -7,19 +7,26 @@ Metrics are measured on the published weights (after the cast), through `model(x
 policy, so the manifest records what a user pulling the checkpoint gets: validation and test metric, the exit
 (`exit_policy`, `exit_block`) and, for a harness checkpoint, the `config_hash` of its recipe (its leaderboard rows
 carry the same hash).
+
+`push_to_hub` puts a model or a checkpoint folder on the Hugging Face Hub in the same layout, plus a model card
+(README.md) saying what a reader needs before trusting the weights: method, model, dataset, recipe, the test metric and
+the exit that produced it, the commit that trained it, and the BP twin's figure when the manifest has one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from . import hub
 from ._files import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 from .checkpoints import load_checkpoint, read_config, save_checkpoint
 from .decoupled import DecoupledModel
@@ -27,7 +34,7 @@ from .errors import CheckpointError
 from .hub import DEFAULT_MANIFEST
 from .metrics import ConfusionMatrix, metric_name
 
-__all__ = ["evaluate", "publish"]
+__all__ = ["BPTwin", "evaluate", "find_bp_twin", "model_card", "publish", "push_to_hub"]
 
 # config fields save_checkpoint derives from the model and the file it writes: never carried over from the source
 _DERIVED = (
@@ -146,3 +153,143 @@ def publish(
         entry["default"] = True
     _write_manifest_entry(manifest, name, entry)
     return entry
+
+
+# -- the Hugging Face Hub ----------------------------------------------------------------------------------------
+class BPTwin(NamedTuple):
+    """The plain-backprop checkpoint trained with the same recipe: the figure a decoupled one is judged against."""
+
+    name: str
+    metric: str  # e.g. test_accuracy
+    value: float
+
+
+def find_bp_twin(config: Mapping[str, Any], manifest: str | os.PathLike | None = None) -> BPTwin | None:
+    """The manifest's bp entry with the same recipe (`config_hash`, which leaves the method out), architecture and
+    dataset as checkpoint `config`, with its test metric; None when there is none (or `config` is bp itself)."""
+    key = config.get("config_hash")
+    if not key or config.get("method") == "bp":
+        return None
+    for name, e in sorted(hub.read_manifest(manifest).items()):
+        same = (e.get("config_hash"), e.get("architecture"), e.get("dataset"))
+        if e.get("method") == "bp" and same == (key, config.get("architecture"), _dataset_name(config)):
+            test = {k: v for k, v in (e.get("metrics") or {}).items() if k.startswith("test_")}
+            if test:
+                metric = sorted(test)[0]
+                return BPTwin(name, metric, float(test[metric]))
+    return None
+
+
+def _dataset_name(config: Mapping[str, Any]) -> str | None:
+    ds = config.get("dataset")
+    return ds.get("name") if isinstance(ds, dict) else ds
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def model_card(config: Mapping[str, Any], repo_id: str, bp_twin: BPTwin | None = None) -> str:
+    """README.md for Hub repo `repo_id` holding checkpoint `config` (Hub metadata header, then a table)."""
+    task, method, arch = config.get("task", "cls"), config.get("method"), config.get("architecture")
+    mcfg = config.get("model", {})
+    metrics = dict(config.get("metrics") or {})
+    ds = _dataset_name(config)
+    missing = "not recorded"
+    adapter = {"timm": "timm", "smp": "segmentation-models-pytorch"}.get(mcfg.get("adapter"), mcfg.get("adapter"))
+    kind = "image-segmentation" if task == "seg" else "image-classification"
+    tags = ["deinforeg-zoo", "decoupled-learning", f"method-{method}", kind, *([adapter] if adapter else [])]
+    exit_block = _exit_block(config)
+    exit_text = {
+        "best": f"block {exit_block} of {config.get('num_blocks')}, chosen on the validation split",
+        "last": f"the last block ({config.get('num_blocks')})",
+    }.get(config.get("exit_policy"), "adaptive (per sample, by confidence)")
+    size = config.get("image_size") or (config.get("input_size") or [None])[-1]
+    data = missing if not ds else f"{ds}" + (f" at {size} px" if size else "")
+    if ds and config.get("noise_rate"):
+        data += f", {float(config['noise_rate']):.0%} {config.get('noise_kind', 'symmetric')} label noise"
+    recipe = config.get("recipe")
+    recipe_line = missing
+    if recipe or config.get("config_hash"):
+        bits = [f"`config_hash` {config['config_hash']}" if config.get("config_hash") else ""]
+        if config.get("budget"):
+            bits.append(f"budget {config['budget']}")
+        if isinstance(recipe, dict):
+            bits.append(
+                ", ".join(f"{k} {recipe[k]}" for k in ("epochs", "batch_size", "optimizer", "lr") if k in recipe)
+            )
+        recipe_line = "; ".join(b for b in bits if b)
+    rows = [
+        ("method", f"`{method}`"),
+        ("model", f"`{arch}` ({adapter or 'zoo'}, {config.get('num_blocks')} blocks, "
+                  f"{config.get('num_classes')} classes)"),
+        ("dataset", data),
+        ("recipe", recipe_line),
+    ]  # fmt: skip
+    tests = sorted(k for k in metrics if k.startswith("test_"))
+    for k in tests:
+        rows.append((k.replace("_", " "), f"{_fmt(metrics[k])} (exit: {exit_text})"))
+    if not tests:
+        rows.append(("test metric", f"{missing} (exit: {exit_text})"))
+    for k in sorted(k for k in metrics if k.startswith("val_")):
+        rows.append((k.replace("_", " ").replace("val ", "validation "), _fmt(metrics[k])))
+    if bp_twin is not None:
+        rows.append((f"BP twin ({bp_twin.metric.replace('_', ' ')})", f"{_fmt(bp_twin.value)} (`{bp_twin.name}`)"))
+    rows.append(("trained at commit", f"`{config['commit']}`" if config.get("commit") else missing))
+    lines = ["---", "library_name: deinforeg-zoo", "tags:", *[f"- {t}" for t in tags], "---", "",
+             f"# {repo_id}", "",
+             f"A decoupled `{arch}` trained block by block with `{method}` (DeInfoReg Zoo checkpoint: "
+             "`config.json` + `model.safetensors`).", "",
+             "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+             "```python", "import zoo", f'model = zoo.create_model("hf-hub:{repo_id}", pretrained=True)',
+             "plain = zoo.export(model)  # the plain timm / SMP model, without the local heads", "```"]  # fmt: skip
+    if isinstance(recipe, dict):
+        lines += ["", "<details><summary>Full recipe</summary>", "", "```json",
+                  json.dumps(recipe, indent=2, sort_keys=True), "```", "", "</details>"]  # fmt: skip
+    if config.get("publish_command"):
+        lines += ["", f"Published with `{config['publish_command']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def push_to_hub(
+    model: DecoupledModel | str | os.PathLike,
+    repo_id: str,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    bp_twin: BPTwin | None = None,
+    manifest: str | os.PathLike | None = None,
+    revision: str | None = None,
+    commit_message: str = "Add DeInfoReg Zoo checkpoint",
+    private: bool | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+) -> Any:
+    """Upload `model` (or checkpoint folder) to Hub repo `repo_id` as config.json + model.safetensors + README.md.
+
+    A model is saved afresh with `metadata` (dataset, metrics, ...) and `dtype`; a folder is pushed as it is, less
+    any training state. `bp_twin` None looks the twin up in the manifest. Returns huggingface_hub's CommitInfo;
+    `zoo.create_model(f"hf-hub:{repo_id}", pretrained=True)` reads it back.
+    """
+    ref = hub.parse_hf_hub(repo_id)
+    with tempfile.TemporaryDirectory(prefix="deinforeg-push-") as tmp:
+        folder = Path(tmp) / "checkpoint"
+        if isinstance(model, DecoupledModel):
+            save_checkpoint(model, folder, metadata=dict(metadata or {}), dtype=dtype)
+        else:
+            if metadata or dtype is not None:
+                raise CheckpointError("metadata and dtype apply to a model; a checkpoint folder is pushed as it is")
+            src = Path(model).expanduser()
+            read_config(src)  # a clear error for a folder that is not a checkpoint
+            folder.mkdir()
+            for n in (CONFIG_NAME, WEIGHTS_NAME):
+                if not (src / n).is_file():
+                    raise CheckpointError(f"{src} has no {n}")
+                shutil.copyfile(src / n, folder / n)
+        config = read_config(folder)
+        twin = bp_twin if bp_twin is not None else find_bp_twin(config, manifest)
+        (folder / "README.md").write_text(model_card(config, ref.repo_id, twin))
+        return hub.upload_folder(
+            folder, ref.repo_id, revision=revision, commit_message=commit_message, private=private,
+            create_pr=create_pr, token=token,
+        )  # fmt: skip

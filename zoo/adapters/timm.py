@@ -7,6 +7,15 @@ anything after the last stage, e.g. EfficientNet's `conv_head`/`bn2`, joins the 
 transformer depth: block 1 holds the embedding (`patch_embed → _pos_embed → patch_drop → norm_pre`) and the first
 transformer blocks. Under `bp` the last block's head runs timm's own `forward_head` (after the final `norm` for
 ViTs), so the stacked blocks compute exactly what the timm model computes. `export` gives a plain timm model back.
+
+The same trace covers most of timm's other families: a parameter-free layout change between modules (LeViT's
+map-to-tokens) is replayed (`_stages.Layout`); an opening that is no chain of module calls (a ViT-like's class token
+and position embedding: BEiT, Hiera) becomes the first block's `Prefix`; a feature point inside a block whose
+forward branches (Xception) moves to the end of that block; isotropic models (one reduction throughout) are cut by
+depth into 4 blocks by default, like ViTs. PiT, XCiT and CoaT-Lite, whose stages pass more than one tensor, have
+their own stage cuts (`_timm_tokens`). `FAMILIES` lists the timm model modules verified one model each by
+`tests/test_timm_families.py`; models of other modules are tried by the same rules and refused with the reason
+(HRNet: parallel multi-resolution branches).
 """
 
 from __future__ import annotations
@@ -28,15 +37,39 @@ from timm.layers import SelectAdaptivePool2d
 from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled, merge_units
 from ..errors import UserError, check_kwargs
 from ..heads import GlobalPool, LocalHead
-from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
+from ._stages import (
+    NotSequentialError,
+    Prefix,
+    ancestors,
+    chain_calls,
+    check_close,
+    eval_mode,
+    leaf_modules,
+    make_unit,
+    trace,
+)
+from ._timm_tokens import TOKEN_CUTS
 
-__all__ = ["CNN_MODULES", "CUTS", "VIT_MODULES", "create", "export", "list_supported"]
+__all__ = ["CNN_MODULES", "CUTS", "FAMILIES", "VIT_MODULES", "create", "export", "list_supported"]
 
-# timm model modules (one per family) whose models follow the rules above; other timm models are tried by the same
-# rules and fail with a clear error if their forward pass is not a chain of stages.
+# the families the adapter was first built on (SMP's `tu-` encoders use the CNN ones)
 CNN_MODULES = ("resnet", "regnet", "convnext", "efficientnet", "mobilenetv3")
 VIT_MODULES = ("vision_transformer", "deit")
 VIT_DEFAULT_BLOCKS = 4
+# timm model modules (families) whose smallest model converts, checked by tests/test_timm_families.py; a model of
+# another module is tried by the same rules and refused with the reason
+FAMILIES = tuple(
+    """
+    beit byoanet byobnet coat convmixer convnext cpubone csatv2 cspnet cspnext davit deit densenet dla dpn edgenext
+    efficientformer efficientformer_v2 efficientnet efficientvit_mit efficientvit_msra fasternet fastvit focalnet
+    gcvit ghostnet hardcorenas hgnet hiera hieradet_sam2 iformer inception_next inception_resnet_v2 inception_v3
+    inception_v4 lcnetv2 levit lowformer mambaout maxxvit metaformer mlp_mixer mobilenetv3 mobilevit naflexvit
+    nextvit nfnet pit pvt_v2 rdnet regnet repghost repvit res2net resnest resnet resnetv2 rexnet senet sequencer
+    shvit sknet starnet swiftformer swin_transformer swin_transformer_v2 swin_transformer_v2_cr tiny_vit tresnet vgg
+    vision_transformer vision_transformer_hybrid vision_transformer_relpos vision_transformer_sam vitamin vovnet
+    xception xception_aligned xcit
+    """.split()
+)
 # the units `num_blocks` merges: a CNN's stages, or every module inside its stages (a ResNet's residual blocks);
 # a ViT's units are its transformer blocks either way
 CUTS = ("stage", "block")
@@ -85,6 +118,7 @@ class _Cut:
     head: nn.Module  # timm's head under bp
     head_names: list[str]  # the timm modules the head runs
     pool: nn.Module | None  # how local heads pool token outputs (None: spatial mean)
+    default_blocks: int | None = None  # units are transformer blocks: merge them into this many by default
 
 
 # -- names -------------------------------------------------------------------------------------------------------
@@ -93,8 +127,9 @@ def _module_of(name: str) -> str:
 
 
 def list_supported(pattern: str | None = None) -> list[str]:
-    """timm classifiers in the supported families (`fnmatch` wildcards, e.g. `resnet*`)."""
-    names = timm.list_models(pattern or "", module=list(CNN_MODULES + VIT_MODULES))
+    """timm classifiers in the supported families (`fnmatch` wildcards, e.g. `resnet*`). A family converts as a whole
+    as a rule; a variant built differently (CoaT's non-Lite models) is refused when created, with the reason."""
+    names = timm.list_models(pattern or "", module=list(FAMILIES))
     return sorted(set(names))
 
 
@@ -123,44 +158,120 @@ def _head_modules(model: nn.Module, feats: torch.Tensor, candidates: list[tuple[
 
 
 def _unsupported(name: str, why: str) -> ValueError:
-    fams = ", ".join(f"{m} ({', '.join(timm.list_models(module=m)[:2])}, ...)" for m in CNN_MODULES + VIT_MODULES)
-    return ValueError(f"timm model {name!r} cannot be cut into blocks: {why}. Supported families: {fams}")
+    return ValueError(
+        f"timm model {name!r} cannot be cut into blocks: {why}. {len(FAMILIES)} timm families are supported "
+        f"({', '.join(FAMILIES[:8])}, ...): zoo.list_models() lists their models"
+    )
 
 
 def _cut_cnn(model: nn.Module, x: torch.Tensor, name: str, per_block: bool = False) -> _Cut:
     info = getattr(model, "feature_info", None)
     if not info:
         raise _unsupported(name, "it has no feature_info to say where its stages end")
-    if len(model._parameters) > 0:
-        raise _unsupported(name, "it has parameters outside its modules, used between stages")
     feat_names = [f["module"] for f in info]
     reductions = [f["reduction"] for f in info]
     # the stem (reduction 2) has no loss of its own: it joins the first real stage
     stages = [n for n, r in zip(feat_names, reductions) if r >= 4] or feat_names
+    try:
+        return _chain_cut(model, x, name, feat_names, stages, per_block)
+    except NotSequentialError as exact:
+        # a feature point inside a block whose forward branches (Xception's act3 before the shortcut adds): cut
+        # after the enclosing module instead, one level up at a time, as long as the coarser modules form a chain
+        for depth in range(max(len(n.split(".")) for n in stages) - 1, 0, -1):
+            try:
+                return _chain_cut(model, x, name, _snap(feat_names, depth), _snap(stages, depth), per_block)
+            except NotSequentialError:
+                continue
+        raise exact
+
+
+def _snap(names: list[str], depth: int) -> list[str]:
+    """Each dotted name cut to its first `depth` parts (`blocks.1.stack.act3` → `blocks.1`), duplicates dropped."""
+    return list(dict.fromkeys(".".join(n.split(".")[:depth]) for n in names))
+
+
+def _split_prefix(model: nn.Module, calls: list, x: torch.Tensor, stages: list[str]) -> tuple[Prefix | None, list]:
+    """(opening, chain): the calls from the first one on whose outputs feed each other; whatever forward_features
+    does before it (modules and the model's own parameters: class token, position embedding) becomes a Prefix.
+    The opening may hold no stage: a model whose stages do not chain stays refused, with the reason."""
+    try:
+        chain = chain_calls(calls, x)
+        if not model._parameters:
+            return None, chain
+        whole = NotSequentialError("it has parameters outside its modules, used between stages")
+    except NotSequentialError as e:
+        whole = e
+    first_stage = min(
+        (i for i, c in enumerate(calls) if any(c.name == n or c.name.startswith(n + ".") for n in stages)),
+        default=len(calls) - 1,
+    )
+    for i in range(1, min(first_stage, len(calls) - 1) + 1):
+        try:
+            chain = chain_calls(calls[i:], calls[i].input)
+        except NotSequentialError as e:
+            if i + e.at > whole.at:  # report where the chain that got furthest breaks
+                whole = NotSequentialError(str(e), i + e.at)
+            continue
+        mods = {c.name: c.module for c in calls[:i]}
+        prefix = Prefix(model, "forward_features", calls[i].module, mods, dict(model._parameters))
+        prefix.names = list(mods)
+        return prefix, chain
+    raise whole
+
+
+def _learning_ends(chain: list, ends: list[int]) -> list[int]:
+    """Cut points such that every unit has weights: a stage without any (VGG's last max-pool, whose classifier MLP
+    is timm's head) joins the unit before it, or the one after it if it comes first."""
+    has = lambda a, b: any(p.requires_grad for c in chain[a : b + 1] for p in c.module.parameters())  # noqa: E731
+    out: list[int] = []
+    for e in ends:
+        start = out[-1] + 1 if out else 0
+        if has(start, e) or not out:
+            out.append(e)
+        else:
+            out[-1] = e  # merge into the previous unit
+    if len(out) > 1 and not has(0, out[0]):
+        out.pop(0)  # a first unit without weights joins the second
+    return out
+
+
+def _chain_cut(
+    model: nn.Module, x: torch.Tensor, name: str, feat_names: list[str], stages: list[str], per_block: bool
+) -> _Cut:
     # cut="block": open each stage module and cut after every module in it (a ResNet's residual blocks)
     leaves = leaf_modules(model, ancestors(feat_names) | (set(stages) if per_block else set()))
     calls, out = trace(model.forward_features, leaves, x)
-    chain = chain_calls(calls, x)
+    prefix, chain = _split_prefix(model, calls, x, stages)
     order = [c.name for c in chain]
     cuts = [n for s in stages for n in order if n == s or n.startswith(s + ".")] if per_block else stages
     missing = [n for n in stages if not any(c == n or c.startswith(n + ".") for c in order)]
     if missing:
-        raise _unsupported(name, f"feature modules {missing} are not on the chain of its forward pass")
+        raise NotSequentialError(f"feature modules {missing} are not on the chain of its forward pass")
     ends = sorted(order.index(n) for n in cuts)
     ends[-1] = len(chain) - 1  # what follows the last stage (conv_head, final norm) joins the last block
+    ends = _learning_ends(chain, ends)
     units, shapes, start = [], [], 0
     h = x
     for e in ends:
         unit = make_unit(chain[start : e + 1])
+        if prefix is not None and start == 0:
+            unit = nn.Sequential(OrderedDict(prefix=prefix, **dict(unit.named_children())))
         with torch.no_grad():
             h = unit(h)
         units.append(unit)
         shapes.append(tuple(h.shape[1:]))
         start = e + 1
     check_close(h, out)
-    head_mods = _head_modules(model, out, [(n, m) for n, m in leaves if n not in set(order)])
+    if len(units) < 2:
+        raise NotSequentialError(f"timm's feature_info gives one stage ({', '.join(stages)}): nothing to cut between")
+    taken = set(order) | (set(prefix.names) if prefix is not None else set())
+    head_mods = _head_modules(model, out, [(n, m) for n, m in leaves if n not in taken])
     head = _Owned(model, ("forward_head",), head_mods)
-    return _Cut(units, shapes, head, list(head_mods), None)
+    # token outputs (LeViT's stages): local heads average the tokens; a CNN has no prefix (class) tokens
+    pool = GlobalPool("avg", getattr(model, "num_prefix_tokens", 0)) if any(len(s) == 2 for s in shapes) else None
+    # an isotropic model (every feature at one reduction: ViT-likes, ConvMixer, MLP-Mixer) is cut by depth like a ViT
+    isotropic = len({f["reduction"] for f in model.feature_info}) == 1 and len(units) > VIT_DEFAULT_BLOCKS
+    return _Cut(units, shapes, head, list(head_mods), pool, VIT_DEFAULT_BLOCKS if isotropic else None)
 
 
 def _cut_vit(model: nn.Module, x: torch.Tensor, name: str) -> _Cut:
@@ -188,7 +299,27 @@ def _cut_vit(model: nn.Module, x: torch.Tensor, name: str) -> _Cut:
         pool = GlobalPool("token")
     else:
         pool = GlobalPool("avg", getattr(model, "num_prefix_tokens", 1))
-    return _Cut(units, shapes, head, list(head_mods), pool)
+    return _Cut(units, shapes, head, list(head_mods), pool, VIT_DEFAULT_BLOCKS)
+
+
+def _cut_tokens(model: nn.Module, x: torch.Tensor, name: str) -> _Cut:
+    """PiT, XCiT, CoaT-Lite: stage units from `_timm_tokens`, checked against timm's forward on the logits."""
+    try:
+        units, head, pool = TOKEN_CUTS[_module_of(name)](model, x)
+    except ValueError as e:
+        raise _unsupported(name, str(e)) from None
+    shapes, h = [], x
+    with torch.no_grad():
+        for unit in units:
+            h = unit(h)
+            shapes.append(tuple(h.shape[1:]))
+        calls, got = trace(head, list(head.parts.items()), h)
+        check_close(got, model(x))
+    called = {c.name for c in calls}
+    for n in [n for n in head.parts if n not in called]:
+        del head.parts[n]  # e.g. CoaT's unused aggregate: no parameters that nothing trains
+    by_depth = _module_of(name) == "xcit"  # one unit per transformer block, merged like a ViT's
+    return _Cut(units, shapes, head, list(head.parts), pool, VIT_DEFAULT_BLOCKS if by_depth else None)
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -201,6 +332,8 @@ def _cut(model: nn.Module, img_size: int, name: str, cut: str = "stage") -> _Cut
     x = _dummy(img_size, getattr(model, "in_chans", 3) or 3)
     try:
         with eval_mode(model):
+            if _module_of(name) in TOKEN_CUTS:
+                return _cut_tokens(model, x, name)
             return _cut_vit(model, x, name) if _is_vit(model) else _cut_cnn(model, x, name, cut == "block")
     except NotSequentialError as e:
         raise _unsupported(name, str(e)) from None
@@ -295,8 +428,8 @@ def create(
     size = img_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
     cut_kind = cut
     cut = _cut(model, size, name, cut_kind)
-    if num_blocks is None and block_units is None and _is_vit(model):
-        num_blocks = min(VIT_DEFAULT_BLOCKS, len(cut.units))
+    if num_blocks is None and block_units is None and cut.default_blocks:
+        num_blocks = min(cut.default_blocks, len(cut.units))
     bodies, ends = merge_units(cut.units, num_blocks, block_units)
     config = {
         "name": name,
