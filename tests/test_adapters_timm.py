@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+import zoo
 from zoo.adapters import timm as timm_adapter
 from zoo.errors import UserError
 from zoo.heads import METHODS
@@ -247,3 +248,11 @@ def test_cut_block_makes_every_residual_block_a_unit() -> None:
         timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="layer")
     with pytest.raises(UserError, match="block_units=\\[3, 4\\] must give every block at least one of this model's 8"):
         timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="block", block_units=[3, 4])
+
+
+def test_unknown_keyword_of_a_model_that_passes_kwargs_on_is_a_user_error():
+    # RegNet's constructor takes **kwargs and hands them to its config: its signature cannot list every keyword
+    with pytest.raises(UserError, match="takes no keyword bogus_depth"):
+        zoo.create_model("regnetx_002", task="cls", num_classes=10, img_size=32, bogus_depth=3)
+    model = zoo.create_model("regnetx_002", task="cls", num_classes=10, img_size=32, drop_rate=0.1)
+    assert model.num_blocks >= 2

@@ -346,25 +346,40 @@ def _new_timm(name: str, num_classes: int, img_size: int | None, timm_kwargs: di
     try:  # ViTs size their position embedding by img_size; CNNs take any size and have no such argument
         return timm.create_model(name, **sized)
     except TypeError:
-        takes = _timm_keywords(name, num_classes)  # read from the model class's signature, never from the message
-        if takes is None or (set(timm_kwargs) <= takes and (img_size is None or "img_size" in takes)):
+        # what the model takes is read from its class's signature, never from the message
+        explicit, passes_on = _timm_keywords(name, num_classes)
+        if img_size is not None and "img_size" not in explicit:
+            sized = kw  # only img_size may have been refused: try again without it
+        elif not passes_on and set(timm_kwargs) <= explicit:
             raise  # every keyword is the model's: the TypeError came from inside its constructor, a bug
-    if set(timm_kwargs) <= takes:
-        return timm.create_model(name, **kw)  # only img_size was not the model's
-    own = ("num_blocks", "projector", "pretrained_backbone", "img_size", "cut", "block_units")
-    check_kwargs(timm_kwargs, [*own, *MODEL_KEYS, *BUILD_KEYS, *takes], f"timm model {name!r}")
-    raise AssertionError("unreachable: check_kwargs raised")
+    extra = [k for k in timm_kwargs if k not in explicit]
+    if not passes_on:
+        own = ("num_blocks", "projector", "pretrained_backbone", "img_size", "cut", "block_units")
+        check_kwargs(timm_kwargs, [*own, *MODEL_KEYS, *BUILD_KEYS, *explicit], f"timm model {name!r}")
+        return timm.create_model(name, **sized)
+    try:  # the class passes **kwargs on (RegNet to its config): its signature cannot name every keyword it takes
+        return timm.create_model(name, **sized)
+    except TypeError:
+        if not extra:
+            raise
+        with torch.device("meta"):  # without the keywords its signature does not name: a TypeError here is a bug
+            timm.create_model(name, **{k: v for k, v in sized.items() if k not in extra})
+        takes = ", ".join(sorted(explicit))
+        raise UserError(
+            f"timm model {name!r} takes no keyword {', '.join(extra)}; its constructor names {takes} and passes "
+            "other keywords on, which refused these"
+        ) from None
 
 
-def _timm_keywords(name: str, num_classes: int) -> set[str] | None:
-    """The keywords timm model `name`'s class takes (None: it takes any, **kwargs), from its signature; the class is
-    found by building the model on the meta device (no memory, no weights)."""
+def _timm_keywords(name: str, num_classes: int) -> tuple[set[str], bool]:
+    """The keywords timm model `name`'s class names in its signature, and whether it also takes **kwargs; the class
+    is found by building the model on the meta device (no memory, no weights)."""
     with torch.device("meta"):
         cls = type(timm.create_model(name, pretrained=False, num_classes=num_classes))
-    params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.name != "self"}
+    params = list(inspect.signature(cls.__init__).parameters.values())
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return named - {p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL}, passes_on
 
 
 def _load_backbone(model: nn.Module, path: str) -> None:
