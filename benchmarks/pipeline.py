@@ -129,12 +129,13 @@ def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method:
 
 def _not_runnable(e: BaseException) -> str | None:
     """Why a zero-bubble schedule cannot run here, or None when `e` is a bug that must surface: a user error (too
-    few blocks per stage or micro-batches, found before launch or by a stage), or an exception torch raised inside
-    its own pipelining code. The failing stage's record says which (`StageFailure`); no message is parsed."""
+    few blocks per stage or micro-batches, found before launch or by a stage), or an exception raised inside
+    torch.distributed.pipelining itself (its schedules refusing this setup). The failing stage's record
+    (`StageFailure`) says which; no message is parsed."""
     if isinstance(e, UserError):
         return str(e)
     f = e.failure if isinstance(e, PipelineError) else None
-    if f is not None and (f.user_error or f.origin.startswith("torch.")):
+    if f is not None and (f.user_error or f.origin.startswith("torch.distributed.pipelining")):
         return f"stage {f.stage}: {f.error_type}: {f.message}"
     return None
 

@@ -186,7 +186,7 @@ class Settings:
 RunConfig = Settings  # what the benches take: a Settings that `benchmarks.plan` resolved
 
 # the recipe's keys as every committed row hashed them (tests/test_settings.py recomputes each row's hash); the
-# last seven are bench options, hashed at their defaults by the benches that do not have them
+# last eight are bench options, hashed at their defaults by the benches that do not have them
 RECIPE_KEYS = (
     "task", "arch", "dataset", "data_root", "epochs", "batch_size", "num_blocks", "img_size", "train_size",
     "eval_size", "model_kwargs", "optimizer", "lr", "weight_decay", "train_aug", "bn_recalib",

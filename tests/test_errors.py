@@ -35,6 +35,7 @@ def test_zero_bubble_skips_only_what_cannot_run_here():
     torch_refusal = _failure(origin="torch.distributed.pipelining.schedules")
     assert _not_runnable(torch_refusal) == "stage 0: ValueError: boom"
     assert _not_runnable(_failure()) is None  # a bug in our engine surfaces
+    assert _not_runnable(_failure(origin="torch.nn.functional")) is None  # our bug, raised deeper in torch
     assert _not_runnable(PipelineError("stage 1 was killed by SIGKILL")) is None  # no record: not ours to excuse
 
 
