@@ -256,6 +256,8 @@ class Trainer:
         """One step of every block; a NaN/inf loss raises NonFiniteLossError before any optimizer step."""
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not live through it
         if self.model.method != "bp" and self.cfg.backward == "blockwise":
             losses, logits, parts = self._blockwise_step(x, y)
         else:
@@ -286,8 +288,6 @@ class Trainer:
         the detached output (every output, when a later block reads skips) stays alive for the next block."""
         m = self.model
         m.check_batch(x, y)
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not live through it
         active = m.blocks[: m.num_active]
         skips = [any(b.takes_skips for b in active[k + 1 :]) for k in range(len(active))]
         feats: list[torch.Tensor] = [x]
