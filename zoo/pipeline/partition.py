@@ -4,6 +4,11 @@ A unit is one block of a DecoupledModel (body + local head): its cost is forward
 optimizer step at the run's batch size, its memory the parameters, optimizer state and the activations autograd
 saves, its link cost the bytes it hands to the next block. Stages are contiguous runs of units; the split minimises
 the slowest stage's time (compute + sending its output over the link), not the number of layers per stage.
+
+`balance="memory"` balances memory instead (InfoPro's memory-balanced variant, Wang et al., ICLR 2021): each unit's
+activation memory (what its forward keeps alive for the backward, counted by `zoo.memory`'s tracker) decides the
+cuts, so that the largest block, which sets the training peak under block-by-block backward, is as small as it
+can be.
 """
 
 from __future__ import annotations
@@ -12,25 +17,39 @@ import copy
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
 from ..decoupled import DecoupledModel
+from ..errors import UserError
+from ..memory import MemoryTracker
 from ..train import TrainConfig, build_optimizers
 
 __all__ = [
+    "BALANCES",
     "BlockCuts",
+    "UnitMemory",
     "UnitProfile",
     "Partition",
     "balanced_split",
+    "check_balance",
     "choose_blocks",
     "choose_cuts",
     "partition_units",
     "profile_units",
     "stage_slices",
+    "unit_memory",
 ]
+
+BALANCES = ("time", "memory")
+
+
+def check_balance(balance: str) -> str:
+    if balance not in BALANCES:
+        raise UserError(f"unknown balance {balance!r}; valid choices: {', '.join(BALANCES)}")
+    return balance
 
 
 @dataclass
@@ -42,6 +61,17 @@ class UnitProfile:
     activation_bytes: int  # saved for backward during one step
     out_bytes: int  # what the next block receives (activation, plus skip features when a later block reads them)
     head_seconds: float = 0.0  # the local head's share of `seconds` (forward + loss + backward)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class UnitMemory:
+    """What one block's training forward keeps alive for its backward, in bytes (zoo.memory's tensor count)."""
+
+    body_bytes: int  # the body's saved tensors and its output
+    head_bytes: int  # the local head's saved tensors and loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,6 +187,26 @@ def profile_units(
     return out
 
 
+def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list[UnitMemory]:
+    """Activation memory of every block of `model` (a decoupled method) on batch (x, y): the bytes its body's forward
+    and then its head's forward and loss leave alive (saved for the backward), counted with zoo.memory's tracker;
+    the temporaries a forward frees again do not count. Runs on a deep copy (BatchNorm statistics untouched)."""
+    if model.method == "bp":
+        raise ValueError("unit_memory needs a model with a head per block (a decoupled method), not 'bp'")
+    model = copy.deepcopy(model).train()
+    feats, out = [x], []
+    for block in model.blocks:
+        inputs = [f.detach() for f in feats]
+        with MemoryTracker(x.device) as body:
+            h = block(inputs)
+        with MemoryTracker(x.device) as head:
+            loss = block.head.loss(h, y)[0]
+        out.append(UnitMemory(body.end_growth_bytes, head.end_growth_bytes))
+        feats.append(h.detach())
+        del h, loss  # frees this block's graph before the next one runs, as block-by-block training does
+    return out
+
+
 def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | None = None) -> list[int]:
     """Contiguous split of `costs` into `stages` groups minimising the largest group cost.
 
@@ -197,14 +247,21 @@ def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) ->
     return sizes[::-1]
 
 
-def partition_units(profiles: Sequence[UnitProfile], stages: int, bandwidth_bytes_s: float | None = None) -> Partition:
-    """Split profiled units into `stages` stages; `bandwidth_bytes_s` charges each stage for sending its output."""
-    costs = [p.seconds for p in profiles]
-    link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
+def partition_units(
+    profiles: Sequence[UnitProfile], stages: int, bandwidth_bytes_s: float | None = None, balance: str = "time"
+) -> Partition:
+    """Split profiled units into `stages` stages; `bandwidth_bytes_s` charges each stage for sending its output.
+    `balance="memory"` balances each stage's parameters, optimizer state and saved activations instead of time."""
+    if check_balance(balance) == "memory":
+        costs = [float(p.param_bytes + p.activation_bytes) for p in profiles]
+        link = [0.0] * len(profiles)
+    else:
+        costs = [p.seconds for p in profiles]
+        link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
     sizes = balanced_split(costs, stages, link)
     pred, mem = [], []
     for k, r in enumerate(stage_slices(sizes)):
-        t = sum(costs[i] for i in r) + (link[r[-1]] if k < stages - 1 else 0.0)
+        t = sum(profiles[i].seconds for i in r) + (link[r[-1]] if k < stages - 1 else 0.0)
         pred.append(t)
         mem.append(sum(profiles[i].param_bytes + profiles[i].activation_bytes for i in r))
     return Partition(sizes, pred, mem)
@@ -216,7 +273,8 @@ class BlockCuts:
 
     units_per_block: list[int]  # fine units merged into each block (one local head at the end of each)
     blocks_per_stage: list[int]
-    predicted_s: list[float]  # per stage: its units' bodies + its blocks' heads + sending its output
+    predicted_s: list[float]  # per stage: its units' bodies + its blocks' heads + sending its output (NaN: unmeasured)
+    predicted_bytes: list[int] = field(default_factory=list)  # per block: saved activations (balance="memory")
 
     @property
     def bottleneck_s(self) -> float:
@@ -260,10 +318,25 @@ def choose_blocks(
     train_cfg: TrainConfig | None = None,
     repeats: int = 3,
     bandwidth_bytes_s: float | None = None,
-) -> tuple[BlockCuts, list[UnitProfile]]:
+    balance: str = "time",
+) -> tuple[BlockCuts, list[UnitProfile] | list[UnitMemory]]:
     """Profile every block of `model`, built with one block per fine unit (e.g. `create_model(..., cut="block")`:
     every residual block), and choose where to cut the units into one decoupled block per stage (`choose_cuts`).
-    Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each."""
+    Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each.
+
+    `balance="memory"` measures each unit's activation memory instead (`unit_memory`, no timing) and cuts so that
+    the largest block's (its units' bodies and the one head at its end) is smallest; the cuts then give
+    `predicted_bytes` per block, and the second value is the list of UnitMemory."""
+    if check_balance(balance) == "memory":
+        mems = unit_memory(model, x, y)
+        cuts = choose_cuts([m.body_bytes for m in mems], [m.head_bytes for m in mems], stages)
+        starts = [sum(cuts.units_per_block[:b]) for b in range(stages)]
+        cuts.predicted_bytes = [
+            sum(m.body_bytes for m in mems[a : a + n]) + mems[a + n - 1].head_bytes
+            for a, n in zip(starts, cuts.units_per_block)
+        ]
+        cuts.predicted_s = [float("nan")] * stages
+        return cuts, mems
     profiles = profile_units(model, x, y, train_cfg, repeats=repeats)
     body = [max(p.seconds - p.head_seconds, 0.0) for p in profiles]
     link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
