@@ -70,3 +70,57 @@ def test_blockwise_backward_lowers_deinforegs_activation_peak_below_summed_and_b
     assert blockwise.activations_mb < 0.95 * summed.activations_mb
     assert bp.activations_mb < summed.activations_mb  # the local heads' graphs come on top
     assert blockwise.peak_mb < summed.peak_mb
+
+
+# -- the bench core (benchmarks/memory.py) -------------------------------------------------------------------------
+def _timm(method, **kw):
+    torch.manual_seed(0)
+    return zoo.create_model("resnet18", method=method, num_classes=10, img_size=32, **kw)
+
+
+def _vgg(method, **kw):
+    torch.manual_seed(0)
+    return zoo.create_model("paper_vgg", method=method, num_classes=4, width=0.125, img_size=16, **kw)
+
+
+def _images(n, size=32, classes=10):
+    g = torch.Generator().manual_seed(n)
+    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % classes
+
+
+def test_bench_rows_for_bp_and_memory_balanced_deinforeg():
+    from benchmarks.memory import COLUMNS, against_bp, measure
+
+    batch = _images(8)
+    rows = against_bp([measure(_timm, batch, "bp"), measure(_timm, batch, "deinforeg", 2, "memory")])
+    bp, dec = rows
+    assert set(dec) <= set(COLUMNS) and bp["ratio_vs_bp"] == 1.0
+    assert dec["num_blocks"] == 2 and sum(map(int, dec["units_per_block"].split("+"))) == 8
+    assert dec["balance"] == "memory" and dec["backward"] == "blockwise" and dec["mem_kind"] == "cpu_tensor_events"
+    assert dec["ratio_vs_bp"] == pytest.approx(dec["peak_mb"] / bp["peak_mb"])
+    for r in rows:
+        parts = r["parameters_mb"] + r["gradients_mb"] + r["optimizer_mb"] + r["activations_mb"]
+        assert r["peak_mb"] == pytest.approx(parts)
+
+
+def test_largest_batch_is_the_last_that_fits_the_cap():
+    from benchmarks.memory import largest_batch, measure
+
+    make = lambda n: _images(n, 16, 4)  # noqa: E731
+    small, large = (measure(_vgg, make(n), "deinforeg", balance=None)["peak_mb"] for n in (4, 24))
+    cap = (small + large) / 2
+    best = largest_batch(_vgg, make, "deinforeg", cap, balance=None)
+    assert best["peak_mb"] <= cap and best["batch_size"] == best["largest_batch"] > 4
+    assert best["memory_cap_mb"] == cap
+    over = measure(_vgg, make(best["largest_batch"] + 1), "deinforeg", balance=None)
+    assert over["peak_mb"] > cap
+
+
+def test_a_cap_below_the_smallest_batch_is_one_line_user_error():
+    from benchmarks.memory import largest_batch
+    from zoo.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--memory-cap-mb 0.5 is below what bp needs at its smallest batch \(2\)"):
+        largest_batch(_vgg, lambda n: _images(n, 16, 4), "bp", 0.5)
+    with pytest.raises(UserError, match="must be positive"):
+        largest_batch(_vgg, lambda n: _images(n, 16, 4), "bp", 0)
