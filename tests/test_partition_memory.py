@@ -38,6 +38,7 @@ def test_unit_memory_counts_at_least_each_blocks_output_and_leaves_the_model_alo
         feats = [x]
         for block, m in zip(model.blocks, mems):
             feats.append(block(feats))
+            assert m.in_bytes == feats[-2].numel() * 4
             assert m.body_bytes >= feats[-1].numel() * 4 and m.head_bytes > 0
     # resolution halves stage by stage: the first unit (stem + first residual block) keeps the most
     assert mems[0].body_bytes == max(m.body_bytes for m in mems)
@@ -51,7 +52,10 @@ def test_memory_balanced_cuts_minimise_the_largest_block(blocks):
 
     def largest(sizes):
         ends = list(itertools.accumulate(sizes))
-        return max(sum(m.body_bytes for m in mems[e - n : e]) + mems[e - 1].head_bytes for n, e in zip(sizes, ends))
+        return max(
+            mems[e - n].in_bytes + sum(m.body_bytes for m in mems[e - n : e]) + mems[e - 1].head_bytes
+            for n, e in zip(sizes, ends)
+        )
 
     best = min(largest(s) for s in _splits(len(mems), blocks))
     assert largest(cuts.units_per_block) == best == max(cuts.predicted_bytes)

@@ -72,6 +72,7 @@ class UnitMemory:
 
     body_bytes: int  # the body's saved tensors and its output
     head_bytes: int  # the local head's saved tensors and loss
+    in_bytes: int = 0  # its input (the previous block's output, or the batch), alive while it trains
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,7 +202,7 @@ def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list
             h = block(inputs)
         with MemoryTracker(x.device) as head:
             loss = block.head.loss(h, y)[0]
-        out.append(UnitMemory(body.end_growth_bytes, head.end_growth_bytes))
+        out.append(UnitMemory(body.end_growth_bytes, head.end_growth_bytes, _bytes(inputs[-1:])))
         feats.append(h.detach())
         del h, loss  # frees this block's graph before the next one runs, as block-by-block training does
     return out
@@ -221,11 +222,14 @@ def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | 
     return _min_max_split(costs, stages, [link[i] if i < n - 1 else 0.0 for i in range(n)])
 
 
-def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) -> list[int]:
+def _min_max_split(
+    costs: Sequence[float], stages: int, end: Sequence[float], start: Sequence[float] | None = None
+) -> list[int]:
     """Sizes of the contiguous split of `costs` into `stages` groups minimising the largest group cost, a group
-    that ends at unit j paying `end[j]` besides its units. Dynamic programming over (units, stages); ties prefer
-    the earlier cut."""
+    that ends at unit j paying `end[j]` besides its units (and one that starts at unit i `start[i]`). Dynamic
+    programming over (units, stages); ties prefer the earlier cut."""
     n = len(costs)
+    start = list(start) if start is not None else [0.0] * n
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
@@ -236,7 +240,7 @@ def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) ->
     for s in range(1, stages + 1):
         for j in range(s, n + 1):
             for i in range(s - 1, j):
-                v = max(best[s - 1][i], prefix[j] - prefix[i] + end[j - 1])
+                v = max(best[s - 1][i], prefix[j] - prefix[i] + end[j - 1] + start[i])
                 if v < best[s][j] - 1e-12:
                     best[s][j], cut[s][j] = v, i
     sizes, j = [], n
@@ -325,18 +329,17 @@ def choose_blocks(
     Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each.
 
     `balance="memory"` measures each unit's activation memory instead (`unit_memory`, no timing) and cuts so that
-    the largest block's (its units' bodies and the one head at its end) is smallest; the cuts then give
+    the largest block's (its input, its units' bodies and the one head at its end) is smallest; the cuts then give
     `predicted_bytes` per block, and the second value is the list of UnitMemory."""
     if check_balance(balance) == "memory":
         mems = unit_memory(model, x, y)
-        cuts = choose_cuts([m.body_bytes for m in mems], [m.head_bytes for m in mems], stages)
-        starts = [sum(cuts.units_per_block[:b]) for b in range(stages)]
-        cuts.predicted_bytes = [
-            sum(m.body_bytes for m in mems[a : a + n]) + mems[a + n - 1].head_bytes
-            for a, n in zip(starts, cuts.units_per_block)
-        ]
-        cuts.predicted_s = [float("nan")] * stages
-        return cuts, mems
+        if not 1 <= stages <= len(mems):
+            raise ValueError(f"cannot cut {len(mems)} units into {stages} blocks (each block needs at least one unit)")
+        # a block of units a..b holds its input, its units' saved tensors and its head's while it trains
+        body, head, inp = ([getattr(m, f) for m in mems] for f in ("body_bytes", "head_bytes", "in_bytes"))
+        sizes = _min_max_split(body, stages, head, inp)
+        nbytes = [inp[r[0]] + sum(body[i] for i in r) + head[r[-1]] for r in stage_slices(sizes)]
+        return BlockCuts(sizes, [1] * stages, [float("nan")] * stages, nbytes), mems
     profiles = profile_units(model, x, y, train_cfg, repeats=repeats)
     body = [max(p.seconds - p.head_seconds, 0.0) for p in profiles]
     link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
