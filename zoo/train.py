@@ -307,7 +307,8 @@ class Trainer:
                 parts.append({n: v.detach() for n, v in block_parts.items()})
             else:
                 logits.append(None)
-            feats = [f.detach() for f in feats] if skips[k] else [feats[-1].detach()]
+            # the image stays first (a head may read it; the caller holds it anyway), then what later blocks read
+            feats = [f.detach() for f in feats] if skips[k] else [x, feats[-1].detach()]
         _step(self.optimizers, self.schedulers)
         return losses, logits, parts
 
