@@ -7,8 +7,15 @@ import torch
 
 import zoo
 from zoo.errors import UserError
-from zoo.memory import measure_train_step
-from zoo.pipeline.partition import UnitProfile, check_balance, choose_blocks, partition_units, unit_memory
+from zoo.memory import MB, measure_train_step
+from zoo.pipeline.partition import (
+    UnitProfile,
+    block_peak,
+    check_balance,
+    choose_blocks,
+    partition_units,
+    unit_memory,
+)
 from zoo.train import TrainConfig, Trainer
 
 
@@ -38,27 +45,39 @@ def test_unit_memory_counts_at_least_each_blocks_output_and_leaves_the_model_alo
         feats = [x]
         for block, m in zip(model.blocks, mems):
             feats.append(block(feats))
-            assert m.in_bytes == feats[-2].numel() * 4
-            assert m.body_bytes >= feats[-1].numel() * 4 and m.head_bytes > 0
+            assert m.in_bytes == feats[-2].numel() * 4 and m.out_bytes == feats[-1].numel() * 4
+            assert m.body_bytes >= m.out_bytes and m.head_bytes > 0 and m.body_backward_bytes > 0
+            assert m.grad_bytes == sum(p.numel() * 4 for p in block.body.parameters())
     # resolution halves stage by stage: the first unit (stem + first residual block) keeps the most
     assert mems[0].body_bytes == max(m.body_bytes for m in mems)
 
 
 @pytest.mark.parametrize("blocks", [2, 3])
-def test_memory_balanced_cuts_minimise_the_largest_block(blocks):
+def test_memory_balanced_cuts_minimise_the_largest_predicted_block_peak(blocks):
     model = _resnet18()
     x, y = _batch()
     cuts, mems = choose_blocks(model, x, y, blocks, balance="memory")
 
     def largest(sizes):
         ends = list(itertools.accumulate(sizes))
-        return max(
-            mems[e - n].in_bytes + sum(m.body_bytes for m in mems[e - n : e]) + mems[e - 1].head_bytes
-            for n, e in zip(sizes, ends)
-        )
+        return max(block_peak(mems, e - n, e) for n, e in zip(sizes, ends))
 
     best = min(largest(s) for s in _splits(len(mems), blocks))
     assert largest(cuts.units_per_block) == best == max(cuts.predicted_bytes)
+
+
+@pytest.mark.parametrize("units", [[1, 7], [4, 4], [2, 3, 3]])
+def test_the_predicted_block_peak_is_the_measured_one(units):
+    """block_peak, from units measured alone, against a real block-by-block step of the merged blocks (the batch,
+    held by the caller, is the only tensor the step counts that no block's prediction does)."""
+    x, y = _batch()
+    mems = unit_memory(_resnet18(), x, y)
+    starts = list(itertools.accumulate(units, initial=0))
+    predicted = max(block_peak(mems, a, b) for a, b in zip(starts, starts[1:])) / MB
+    trainer = Trainer(_resnet18(block_units=units), TrainConfig(optimizer="sgd"), total_steps=10)
+    r = measure_train_step(trainer, x, y)
+    measured = r.activations_mb + r.gradients_mb - x.numel() * 4 / MB
+    assert measured == pytest.approx(predicted, rel=0.1)
 
 
 def test_memory_balanced_cuts_lower_the_measured_training_peak():

@@ -14,9 +14,10 @@ can be.
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "BALANCES",
     "BlockCuts",
     "UnitMemory",
+    "block_peak",
     "UnitProfile",
     "Partition",
     "balanced_split",
@@ -68,14 +70,37 @@ class UnitProfile:
 
 @dataclass
 class UnitMemory:
-    """What one block's training forward keeps alive for its backward, in bytes (zoo.memory's tensor count)."""
+    """What one block's training step holds, in bytes (zoo.memory's tensor count), measured on its own: what its
+    forward keeps for the backward, and how far each backward climbs over that."""
 
     body_bytes: int  # the body's saved tensors and its output
     head_bytes: int  # the local head's saved tensors and loss
     in_bytes: int = 0  # its input (the previous block's output, or the batch), alive while it trains
+    out_bytes: int = 0  # its output, whose gradient the body's backward starts from
+    body_backward_bytes: int = 0  # the body backward's peak over its start (gradients of activations, weights)
+    head_backward_bytes: int = 0  # the same for the head's backward
+    grad_bytes: int = 0  # the body's weight gradients, alive once its backward ran
+    head_grad_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def block_peak(mems: Sequence[UnitMemory], start: int, stop: int) -> int:
+    """Predicted peak growth of training units start..stop-1 as one block (block-by-block backward) over the model's
+    state: at the end of its head's backward, or while unit i's backward runs (its input, the saved tensors of
+    units up to i, the gradient it starts from and its backward's climb, the weight gradients of the units after
+    it); the weight gradients of the blocks before it are alive throughout."""
+    units = mems[start:stop]
+    base, last = units[0].in_bytes + sum(m.grad_bytes for m in mems[:start]), units[-1]
+    saved = list(itertools.accumulate(m.body_bytes for m in units))
+    head = base + saved[-1] + last.head_bytes + last.head_backward_bytes
+    later = list(itertools.accumulate((m.grad_bytes for m in reversed(units)), initial=0))[::-1]  # units after i
+    body = max(
+        base + saved[i] + m.out_bytes + m.body_backward_bytes + later[i + 1] + last.head_grad_bytes
+        for i, m in enumerate(units)
+    )
+    return max(head, body)
 
 
 @dataclass
@@ -188,23 +213,72 @@ def profile_units(
     return out
 
 
+def _keep(saved: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A pack hook that lists what autograd saves (and saves it as is)."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    return pack
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _tensors(h: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return list(h) if isinstance(h, (tuple, list)) else [h]
+
+
 def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list[UnitMemory]:
-    """Activation memory of every block of `model` (a decoupled method) on batch (x, y): the bytes its body's forward
-    and then its head's forward and loss leave alive (saved for the backward), counted with zoo.memory's tracker;
-    the temporaries a forward frees again do not count. Runs on a deep copy (BatchNorm statistics untouched)."""
+    """Memory of every block of `model` (a decoupled method) trained alone on batch (x, y), counted with zoo.memory's
+    tracker: what its body's forward, then its head's, keep alive (saved tensors; the temporaries a forward frees
+    again do not count), and how far the head's and then the body's backward climb over that (each tracked from the
+    tensors autograd saved, so their frees during the backward count). A block after the first computes the
+    gradient of its input too, as inside a merged block (an upper bound for a block's first unit). Runs on a deep
+    copy: the caller's weights and BatchNorm statistics are untouched."""
     if model.method == "bp":
         raise ValueError("unit_memory needs a model with a head per block (a decoupled method), not 'bp'")
     model = copy.deepcopy(model).train()
     feats, out = [x], []
-    for block in model.blocks:
+    dev = x.device
+    for k, block in enumerate(model.blocks):
         inputs = [f.detach() for f in feats]
-        with MemoryTracker(x.device) as body:
-            h = block(inputs)
-        with MemoryTracker(x.device) as head:
-            loss = block.head.loss(h, y)[0]
-        out.append(UnitMemory(body.end_growth_bytes, head.end_growth_bytes, _bytes(inputs[-1:])))
+        if k > 0 and torch.is_tensor(inputs[-1]) and inputs[-1].is_floating_point():
+            inputs[-1].requires_grad_()
+        body_saved: list[torch.Tensor] = []
+        head_saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(_keep(body_saved), _same):
+            with MemoryTracker(dev) as body:
+                h = block(inputs)
+        with torch.autograd.graph.saved_tensors_hooks(_keep(head_saved), _same):
+            with MemoryTracker(dev) as head:
+                loss = block.head.loss(h, y)[0]
+        hs = _tensors(h)
+        with MemoryTracker(dev, inputs=head_saved) as head_back:
+            head_saved.clear()  # the graph alone holds them now: their frees during the backward count
+            grads = torch.autograd.grad(loss, hs, allow_unused=True)
+        with MemoryTracker(dev, inputs=body_saved) as body_back:
+            body_saved.clear()
+            pairs = [(t, g) for t, g in zip(hs, grads) if g is not None and t.requires_grad]
+            if pairs:
+                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        out.append(
+            UnitMemory(
+                body.end_growth_bytes,
+                head.end_growth_bytes,
+                in_bytes=_bytes(inputs[-1:]) if torch.is_tensor(inputs[-1]) else 0,
+                out_bytes=_bytes(hs),
+                body_backward_bytes=body_back.peak_growth_bytes,
+                head_backward_bytes=head_back.peak_growth_bytes,
+                grad_bytes=_bytes(p for p in block.body.parameters() if p.requires_grad),
+                head_grad_bytes=_bytes(p for p in block.head.parameters() if p.requires_grad),
+            )
+        )
         feats.append(h.detach())
-        del h, loss  # frees this block's graph before the next one runs, as block-by-block training does
+        del h, hs, loss, grads, pairs  # frees this block's graph before the next one runs, as training does
+        block.zero_grad(set_to_none=True)
     return out
 
 
@@ -222,14 +296,11 @@ def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | 
     return _min_max_split(costs, stages, [link[i] if i < n - 1 else 0.0 for i in range(n)])
 
 
-def _min_max_split(
-    costs: Sequence[float], stages: int, end: Sequence[float], start: Sequence[float] | None = None
-) -> list[int]:
+def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) -> list[int]:
     """Sizes of the contiguous split of `costs` into `stages` groups minimising the largest group cost, a group
-    that ends at unit j paying `end[j]` besides its units (and one that starts at unit i `start[i]`). Dynamic
-    programming over (units, stages); ties prefer the earlier cut."""
+    that ends at unit j paying `end[j]` besides its units. Dynamic programming over (units, stages); ties prefer
+    the earlier cut."""
     n = len(costs)
-    start = list(start) if start is not None else [0.0] * n
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
@@ -240,11 +311,32 @@ def _min_max_split(
     for s in range(1, stages + 1):
         for j in range(s, n + 1):
             for i in range(s - 1, j):
-                v = max(best[s - 1][i], prefix[j] - prefix[i] + end[j - 1] + start[i])
+                v = max(best[s - 1][i], prefix[j] - prefix[i] + end[j - 1])
                 if v < best[s][j] - 1e-12:
                     best[s][j], cut[s][j] = v, i
     sizes, j = [], n
     for s in range(stages, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    return sizes[::-1]
+
+
+def _min_max_groups(n: int, groups: int, cost: Callable[[int, int], float]) -> list[int]:
+    """Sizes of the contiguous split of n units into `groups` groups minimising the largest `cost(start, stop)`.
+    Dynamic programming over (units, groups); ties prefer the earlier cut."""
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    best[0][0] = 0.0
+    for s in range(1, groups + 1):
+        for j in range(s, n + 1):
+            for i in range(s - 1, j):
+                v = max(best[s - 1][i], cost(i, j))
+                if v < best[s][j] - 1e-12:
+                    best[s][j], cut[s][j] = v, i
+    sizes, j = [], n
+    for s in range(groups, 0, -1):
         i = cut[s][j]
         sizes.append(j - i)
         j = i
@@ -328,17 +420,16 @@ def choose_blocks(
     every residual block), and choose where to cut the units into one decoupled block per stage (`choose_cuts`).
     Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each.
 
-    `balance="memory"` measures each unit's activation memory instead (`unit_memory`, no timing) and cuts so that
-    the largest block's (its input, its units' bodies and the one head at its end) is smallest; the cuts then give
-    `predicted_bytes` per block, and the second value is the list of UnitMemory."""
+    `balance="memory"` measures each unit's memory instead (`unit_memory`, no timing) and cuts so that the largest
+    block's predicted training peak (`block_peak`: its input, its units' saved tensors, the one head at its end, and
+    the climb of each backward) is smallest; the cuts then give `predicted_bytes` per block (peak growth over the
+    model's state), and the second value is the list of UnitMemory."""
     if check_balance(balance) == "memory":
         mems = unit_memory(model, x, y)
         if not 1 <= stages <= len(mems):
             raise ValueError(f"cannot cut {len(mems)} units into {stages} blocks (each block needs at least one unit)")
-        # a block of units a..b holds its input, its units' saved tensors and its head's while it trains
-        body, head, inp = ([getattr(m, f) for m in mems] for f in ("body_bytes", "head_bytes", "in_bytes"))
-        sizes = _min_max_split(body, stages, head, inp)
-        nbytes = [inp[r[0]] + sum(body[i] for i in r) + head[r[-1]] for r in stage_slices(sizes)]
+        sizes = _min_max_groups(len(mems), stages, lambda a, b: block_peak(mems, a, b))
+        nbytes = [block_peak(mems, r[0], r[-1] + 1) for r in stage_slices(sizes)]
         return BlockCuts(sizes, [1] * stages, [float("nan")] * stages, nbytes), mems
     profiles = profile_units(model, x, y, train_cfg, repeats=repeats)
     body = [max(p.seconds - p.head_seconds, 0.0) for p in profiles]
