@@ -46,7 +46,7 @@ def test_unit_memory_counts_at_least_each_blocks_output_and_leaves_the_model_alo
         for block, m in zip(model.blocks, mems):
             feats.append(block(feats))
             assert m.in_bytes == feats[-2].numel() * 4 and m.out_bytes == feats[-1].numel() * 4
-            assert m.body_bytes >= m.out_bytes and m.head_bytes > 0 and m.body_backward_bytes > 0
+            assert m.body_bytes >= m.out_bytes and m.head_bytes > 0 and m.backward_bytes > 0
             assert m.grad_bytes == sum(p.numel() * 4 for p in block.body.parameters())
     # resolution halves stage by stage: the first unit (stem + first residual block) keeps the most
     assert mems[0].body_bytes == max(m.body_bytes for m in mems)

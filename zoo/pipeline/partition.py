@@ -71,14 +71,13 @@ class UnitProfile:
 @dataclass
 class UnitMemory:
     """What one block's training step holds, in bytes (zoo.memory's tensor count), measured on its own: what its
-    forward keeps for the backward, and how far each backward climbs over that."""
+    forward keeps for the backward, and how far its backward climbs over that."""
 
     body_bytes: int  # the body's saved tensors and its output
     head_bytes: int  # the local head's saved tensors and loss
     in_bytes: int = 0  # its input (the previous block's output, or the batch), alive while it trains
-    out_bytes: int = 0  # its output, whose gradient the body's backward starts from
-    body_backward_bytes: int = 0  # the body backward's peak over its start (gradients of activations, weights)
-    head_backward_bytes: int = 0  # the same for the head's backward
+    out_bytes: int = 0  # its output (the next block's input)
+    backward_bytes: int = 0  # the backward's peak over the saved tensors (gradients of activations and weights)
     grad_bytes: int = 0  # the body's weight gradients, alive once its backward ran
     head_grad_bytes: int = 0
 
@@ -88,19 +87,18 @@ class UnitMemory:
 
 def block_peak(mems: Sequence[UnitMemory], start: int, stop: int) -> int:
     """Predicted peak growth of training units start..stop-1 as one block (block-by-block backward) over the model's
-    state: at the end of its head's backward, or while unit i's backward runs (its input, the saved tensors of
-    units up to i, the gradient it starts from and its backward's climb, the weight gradients of the units after
-    it); the weight gradients of the blocks before it are alive throughout."""
+    state: while unit i's backward runs, its input, the saved tensors of units up to i (the head's too for the last
+    unit), its backward's climb and the weight gradients of the units after it; the weight gradients of the blocks
+    before it are alive throughout."""
     units = mems[start:stop]
     base, last = units[0].in_bytes + sum(m.grad_bytes for m in mems[:start]), units[-1]
     saved = list(itertools.accumulate(m.body_bytes for m in units))
-    head = base + saved[-1] + last.head_bytes + last.head_backward_bytes
     later = list(itertools.accumulate((m.grad_bytes for m in reversed(units)), initial=0))[::-1]  # units after i
-    body = max(
-        base + saved[i] + m.out_bytes + m.body_backward_bytes + later[i + 1] + last.head_grad_bytes
+    head = last.head_bytes
+    return max(
+        base + saved[i] + m.backward_bytes + (head if i == len(units) - 1 else later[i + 1] + last.head_grad_bytes)
         for i, m in enumerate(units)
     )
-    return max(head, body)
 
 
 @dataclass
@@ -234,10 +232,10 @@ def _tensors(h: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list[UnitMemory]:
     """Memory of every block of `model` (a decoupled method) trained alone on batch (x, y), counted with zoo.memory's
     tracker: what its body's forward, then its head's, keep alive (saved tensors; the temporaries a forward frees
-    again do not count), and how far the head's and then the body's backward climb over that (each tracked from the
-    tensors autograd saved, so their frees during the backward count). A block after the first computes the
-    gradient of its input too, as inside a merged block (an upper bound for a block's first unit). Runs on a deep
-    copy: the caller's weights and BatchNorm statistics are untouched."""
+    again do not count), and how far its backward climbs over that (tracked from the tensors autograd saved, so
+    their frees during the backward count). A block after the first computes the gradient of its input too, as
+    inside a merged block (an upper bound for a block's first unit). Runs on a deep copy: the caller's weights and
+    BatchNorm statistics are untouched."""
     if model.method == "bp":
         raise ValueError("unit_memory needs a model with a head per block (a decoupled method), not 'bp'")
     model = copy.deepcopy(model).train()
@@ -247,37 +245,28 @@ def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list
         inputs = [f.detach() for f in feats]
         if k > 0 and torch.is_tensor(inputs[-1]) and inputs[-1].is_floating_point():
             inputs[-1].requires_grad_()
-        body_saved: list[torch.Tensor] = []
-        head_saved: list[torch.Tensor] = []
-        with torch.autograd.graph.saved_tensors_hooks(_keep(body_saved), _same):
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(_keep(saved), _same):
             with MemoryTracker(dev) as body:
                 h = block(inputs)
-        with torch.autograd.graph.saved_tensors_hooks(_keep(head_saved), _same):
             with MemoryTracker(dev) as head:
                 loss = block.head.loss(h, y)[0]
-        hs = _tensors(h)
-        with MemoryTracker(dev, inputs=head_saved) as head_back:
-            head_saved.clear()  # the graph alone holds them now: their frees during the backward count
-            grads = torch.autograd.grad(loss, hs, allow_unused=True)
-        with MemoryTracker(dev, inputs=body_saved) as body_back:
-            body_saved.clear()
-            pairs = [(t, g) for t, g in zip(hs, grads) if g is not None and t.requires_grad]
-            if pairs:
-                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        with MemoryTracker(dev, inputs=saved) as back:
+            saved.clear()  # the graph alone holds them now: their frees during the backward count
+            loss.backward()
         out.append(
             UnitMemory(
                 body.end_growth_bytes,
                 head.end_growth_bytes,
                 in_bytes=_bytes(inputs[-1:]) if torch.is_tensor(inputs[-1]) else 0,
-                out_bytes=_bytes(hs),
-                body_backward_bytes=body_back.peak_growth_bytes,
-                head_backward_bytes=head_back.peak_growth_bytes,
+                out_bytes=_bytes(_tensors(h)),
+                backward_bytes=back.peak_growth_bytes,
                 grad_bytes=_bytes(p for p in block.body.parameters() if p.requires_grad),
                 head_grad_bytes=_bytes(p for p in block.head.parameters() if p.requires_grad),
             )
         )
         feats.append(h.detach())
-        del h, hs, loss, grads, pairs  # frees this block's graph before the next one runs, as training does
+        del h, loss  # frees this block's graph before the next one runs, as training does
         block.zero_grad(set_to_none=True)
     return out
 
