@@ -270,17 +270,8 @@ class DecoupledModel(nn.Module):
         """Training forward: one loss per local head (decoupled) or one end-to-end loss (bp).
 
         `rng=(seed, step)` draws each block's randomness from its own stream (see `block_seed`)."""
-        if x.shape[0] == 0:
-            raise UserError("empty batch")
+        self.check_batch(x, y)
         decoupled = self.method in LOCAL_METHODS
-        if decoupled and x.shape[0] < 2:
-            raise UserError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
-        if y.shape[0] != x.shape[0]:
-            raise UserError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
-        labels = y[y != IGNORE_INDEX[self.task]]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            lo, hi = int(labels.min()), int(labels.max())
-            raise UserError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         feats = [x]
         out = StepOutput([], [], [])
         for k, block in enumerate(self.blocks[: self.num_active]):
@@ -293,6 +284,19 @@ class DecoupledModel(nn.Module):
             out.logits.append(self._to_output(logits, x))
             out.parts.append(parts)
         return out
+
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """A training batch this model can learn from (UserError otherwise): shared by `step` and the trainer."""
+        if x.shape[0] == 0:
+            raise UserError("empty batch")
+        if self.method in LOCAL_METHODS and x.shape[0] < 2:
+            raise UserError("batch of size 1: the batch statistics of a local loss need at least 2 samples")
+        if y.shape[0] != x.shape[0]:
+            raise UserError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
+        labels = y[y != IGNORE_INDEX[self.task]]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            lo, hi = int(labels.min()), int(labels.max())
+            raise UserError(f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
 
     def local_losses(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Per-block scalar losses (one per head; a single end-to-end loss under bp)."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .decoupled import DecoupledModel
+from .decoupled import DecoupledModel, forward_block
 from .errors import UserError
 from .metrics import ConfusionMatrix, metric_name
 from .runtime import sync
@@ -39,9 +39,11 @@ __all__ = [
     "seed_everything",
     "update",
     "OPTIMIZERS",
+    "BACKWARDS",
 ]
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
+BACKWARDS = ("blockwise", "summed")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,10 +95,16 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up before the cosine
     per_block: bool = True  # one optimizer per block (always shared under bp)
     grad_clip: float | None = None  # max grad norm per block, None to skip
+    # decoupled methods: "blockwise" backpropagates each block's loss as soon as its forward is done, so only one
+    # block's graph is alive at a time (the memory payoff of local learning); "summed" keeps every graph until one
+    # backward of the summed losses. Both give the same gradients and weights; bp has one loss and one backward.
+    backward: str = "blockwise"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if self.backward not in BACKWARDS:
+            raise UserError(f"unknown backward {self.backward!r}; valid choices: {', '.join(BACKWARDS)}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
 
@@ -155,6 +163,10 @@ def update(
     if grad_clip:
         for group in groups:
             torch.nn.utils.clip_grad_norm_(group, grad_clip)
+    _step(optimizers, schedulers)
+
+
+def _step(optimizers: Sequence[torch.optim.Optimizer], schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler]):
     for o, s in zip(optimizers, schedulers):
         o.step()
         s.step()
@@ -244,20 +256,61 @@ class Trainer:
         """One step of every block; a NaN/inf loss raises NonFiniteLossError before any optimizer step."""
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        out = self.model.step(x, y, rng=(self.rng_seed, self.step))
-        # the blocks that gave a loss: active, unfrozen, with a head (zoo.grow freezes and activates blocks)
-        heads = [k for k in self.model.trained_blocks() if self.model.blocks[k].head is not None]
-        for k, loss in zip(heads, out.losses):
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(k, self.model.method, self.step, float(loss.detach()))
-        groups = self.model.param_groups() if self.cfg.grad_clip else []
-        update(out.losses, self.optimizers, self.schedulers, groups, self.cfg.grad_clip)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)  # before the forward: last step's gradients need not live through it
+        if self.model.method != "bp" and self.cfg.backward == "blockwise":
+            losses, logits, parts = self._blockwise_step(x, y)
+        else:
+            out = self.model.step(x, y, rng=(self.rng_seed, self.step))
+            # the blocks that gave a loss: active, unfrozen, with a head (zoo.grow freezes and activates blocks)
+            heads = [k for k in self.model.trained_blocks() if self.model.blocks[k].head is not None]
+            for k, loss in zip(heads, out.losses):
+                self._check_finite(k, loss)
+            groups = self.model.param_groups() if self.cfg.grad_clip else []
+            update(out.losses, self.optimizers, self.schedulers, groups, self.cfg.grad_clip)
+            losses, logits, parts = out.losses, out.logits, out.parts
         self.step += 1
         return {
-            "losses": [float(v.detach()) for v in out.losses],
-            "logits": out.logits,
-            "parts": [{k: float(v.detach()) for k, v in p.items()} for p in out.parts],
+            "losses": [float(v.detach()) for v in losses],
+            "logits": logits,
+            "parts": [{k: float(v.detach()) for k, v in p.items()} for p in parts],
         }
+
+    def _check_finite(self, k: int, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(k, self.model.method, self.step, float(loss.detach()))
+
+    def _blockwise_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list, list, list]:
+        """Decoupled step, one block at a time: forward, check the loss, backward (freeing that block's graph),
+        clip; the optimizers step only once every block ran, so a NaN in any block leaves all weights untouched.
+
+        The blocks' graphs are disjoint, so each block gets the gradient the summed backward would give it; only
+        the detached output (every output, when a later block reads skips) stays alive for the next block."""
+        m = self.model
+        m.check_batch(x, y)
+        active = m.blocks[: m.num_active]
+        skips = [any(b.takes_skips for b in active[k + 1 :]) for k in range(len(active))]
+        feats: list[torch.Tensor] = [x]
+        losses, logits, parts = [], [], []
+        for k, block in enumerate(active):
+            res = forward_block(block, k, feats, y, (self.rng_seed, self.step))
+            if res is not None:
+                loss, block_logits, block_parts = res
+                self._check_finite(k, loss)
+                loss.float().backward()
+                if self.cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in block.parameters() if p.requires_grad], self.cfg.grad_clip
+                    )
+                losses.append(loss.detach())
+                logits.append(m._to_output(block_logits.detach(), x))
+                parts.append({n: v.detach() for n, v in block_parts.items()})
+            else:
+                logits.append(None)
+            # the image stays first (a head may read it; the caller holds it anyway), then what later blocks read
+            feats = [f.detach() for f in feats] if skips[k] else [x, feats[-1].detach()]
+        _step(self.optimizers, self.schedulers)
+        return losses, logits, parts
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, adaptive: bool = True) -> EvalResult:

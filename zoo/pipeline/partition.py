@@ -4,33 +4,54 @@ A unit is one block of a DecoupledModel (body + local head): its cost is forward
 optimizer step at the run's batch size, its memory the parameters, optimizer state and the activations autograd
 saves, its link cost the bytes it hands to the next block. Stages are contiguous runs of units; the split minimises
 the slowest stage's time (compute + sending its output over the link), not the number of layers per stage.
+
+`balance="memory"` balances memory instead (InfoPro's memory-balanced variant, Wang et al., ICLR 2021): each unit's
+activation memory (what its forward keeps alive for the backward, counted by `zoo.memory`'s tracker) decides the
+cuts, so that the largest block, which sets the training peak under block-by-block backward, is as small as it
+can be.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
 from ..decoupled import DecoupledModel
+from ..errors import UserError
+from ..memory import MemoryTracker
 from ..train import TrainConfig, build_optimizers
 
 __all__ = [
+    "BALANCES",
     "BlockCuts",
+    "UnitMemory",
+    "block_peak",
     "UnitProfile",
     "Partition",
     "balanced_split",
+    "check_balance",
     "choose_blocks",
     "choose_cuts",
     "partition_units",
     "profile_units",
     "stage_slices",
+    "unit_memory",
 ]
+
+BALANCES = ("time", "memory")
+
+
+def check_balance(balance: str) -> str:
+    if balance not in BALANCES:
+        raise UserError(f"unknown balance {balance!r}; valid choices: {', '.join(BALANCES)}")
+    return balance
 
 
 @dataclass
@@ -45,6 +66,39 @@ class UnitProfile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class UnitMemory:
+    """What one block's training step holds, in bytes (zoo.memory's tensor count), measured on its own: what its
+    forward keeps for the backward, and how far its backward climbs over that."""
+
+    body_bytes: int  # the body's saved tensors and its output
+    head_bytes: int  # the local head's saved tensors and loss
+    in_bytes: int = 0  # its input (the previous block's output, or the batch), alive while it trains
+    out_bytes: int = 0  # its output (the next block's input)
+    backward_bytes: int = 0  # the backward's peak over the saved tensors (gradients of activations and weights)
+    grad_bytes: int = 0  # the body's weight gradients, alive once its backward ran
+    head_grad_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def block_peak(mems: Sequence[UnitMemory], start: int, stop: int) -> int:
+    """Predicted peak growth of training units start..stop-1 as one block (block-by-block backward) over the model's
+    state: while unit i's backward runs, its input, the saved tensors of units up to i (the head's too for the last
+    unit), its backward's climb and the weight gradients of the units after it; the weight gradients of the blocks
+    before it are alive throughout."""
+    units = mems[start:stop]
+    base, last = units[0].in_bytes + sum(m.grad_bytes for m in mems[:start]), units[-1]
+    saved = list(itertools.accumulate(m.body_bytes for m in units))
+    later = list(itertools.accumulate((m.grad_bytes for m in reversed(units)), initial=0))[::-1]  # units after i
+    head = last.head_bytes
+    return max(
+        base + saved[i] + m.backward_bytes + (head if i == len(units) - 1 else later[i + 1] + last.head_grad_bytes)
+        for i, m in enumerate(units)
+    )
 
 
 @dataclass
@@ -157,6 +211,66 @@ def profile_units(
     return out
 
 
+def _keep(saved: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A pack hook that lists what autograd saves (and saves it as is)."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    return pack
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _tensors(h: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return list(h) if isinstance(h, (tuple, list)) else [h]
+
+
+def unit_memory(model: DecoupledModel, x: torch.Tensor, y: torch.Tensor) -> list[UnitMemory]:
+    """Memory of every block of `model` (a decoupled method) trained alone on batch (x, y), counted with zoo.memory's
+    tracker: what its body's forward, then its head's, keep alive (saved tensors; the temporaries a forward frees
+    again do not count), and how far its backward climbs over that (tracked from the tensors autograd saved, so
+    their frees during the backward count). A block after the first computes the gradient of its input too, as
+    inside a merged block (an upper bound for a block's first unit). Runs on a deep copy: the caller's weights and
+    BatchNorm statistics are untouched."""
+    if model.method == "bp":
+        raise ValueError("unit_memory needs a model with a head per block (a decoupled method), not 'bp'")
+    model = copy.deepcopy(model).train()
+    feats, out = [x], []
+    dev = x.device
+    for k, block in enumerate(model.blocks):
+        inputs = [f.detach() for f in feats]
+        if k > 0 and torch.is_tensor(inputs[-1]) and inputs[-1].is_floating_point():
+            inputs[-1].requires_grad_()
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(_keep(saved), _same):
+            with MemoryTracker(dev) as body:
+                h = block(inputs)
+            with MemoryTracker(dev) as head:
+                loss = block.head.loss(h, y)[0]
+        with MemoryTracker(dev, inputs=saved) as back:
+            saved.clear()  # the graph alone holds them now: their frees during the backward count
+            loss.backward()
+        out.append(
+            UnitMemory(
+                body.end_growth_bytes,
+                head.end_growth_bytes,
+                in_bytes=_bytes(inputs[-1:]) if torch.is_tensor(inputs[-1]) else 0,
+                out_bytes=_bytes(_tensors(h)),
+                backward_bytes=back.peak_growth_bytes,
+                grad_bytes=_bytes(p for p in block.body.parameters() if p.requires_grad),
+                head_grad_bytes=_bytes(p for p in block.head.parameters() if p.requires_grad),
+            )
+        )
+        feats.append(h.detach())
+        del h, loss  # frees this block's graph before the next one runs, as training does
+        block.zero_grad(set_to_none=True)
+    return out
+
+
 def balanced_split(costs: Sequence[float], stages: int, link: Sequence[float] | None = None) -> list[int]:
     """Contiguous split of `costs` into `stages` groups minimising the largest group cost.
 
@@ -197,14 +311,42 @@ def _min_max_split(costs: Sequence[float], stages: int, end: Sequence[float]) ->
     return sizes[::-1]
 
 
-def partition_units(profiles: Sequence[UnitProfile], stages: int, bandwidth_bytes_s: float | None = None) -> Partition:
-    """Split profiled units into `stages` stages; `bandwidth_bytes_s` charges each stage for sending its output."""
-    costs = [p.seconds for p in profiles]
-    link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
+def _min_max_groups(n: int, groups: int, cost: Callable[[int, int], float]) -> list[int]:
+    """Sizes of the contiguous split of n units into `groups` groups minimising the largest `cost(start, stop)`.
+    Dynamic programming over (units, groups); ties prefer the earlier cut."""
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    best[0][0] = 0.0
+    for s in range(1, groups + 1):
+        for j in range(s, n + 1):
+            for i in range(s - 1, j):
+                v = max(best[s - 1][i], cost(i, j))
+                if v < best[s][j] - 1e-12:
+                    best[s][j], cut[s][j] = v, i
+    sizes, j = [], n
+    for s in range(groups, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    return sizes[::-1]
+
+
+def partition_units(
+    profiles: Sequence[UnitProfile], stages: int, bandwidth_bytes_s: float | None = None, balance: str = "time"
+) -> Partition:
+    """Split profiled units into `stages` stages; `bandwidth_bytes_s` charges each stage for sending its output.
+    `balance="memory"` balances each stage's parameters, optimizer state and saved activations instead of time."""
+    if check_balance(balance) == "memory":
+        costs = [float(p.param_bytes + p.activation_bytes) for p in profiles]
+        link = [0.0] * len(profiles)
+    else:
+        costs = [p.seconds for p in profiles]
+        link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]
     sizes = balanced_split(costs, stages, link)
     pred, mem = [], []
     for k, r in enumerate(stage_slices(sizes)):
-        t = sum(costs[i] for i in r) + (link[r[-1]] if k < stages - 1 else 0.0)
+        t = sum(profiles[i].seconds for i in r) + (link[r[-1]] if k < stages - 1 else 0.0)
         pred.append(t)
         mem.append(sum(profiles[i].param_bytes + profiles[i].activation_bytes for i in r))
     return Partition(sizes, pred, mem)
@@ -216,7 +358,8 @@ class BlockCuts:
 
     units_per_block: list[int]  # fine units merged into each block (one local head at the end of each)
     blocks_per_stage: list[int]
-    predicted_s: list[float]  # per stage: its units' bodies + its blocks' heads + sending its output
+    predicted_s: list[float]  # per stage: its units' bodies + its blocks' heads + sending its output (NaN: unmeasured)
+    predicted_bytes: list[int] = field(default_factory=list)  # per block: saved activations (balance="memory")
 
     @property
     def bottleneck_s(self) -> float:
@@ -260,10 +403,23 @@ def choose_blocks(
     train_cfg: TrainConfig | None = None,
     repeats: int = 3,
     bandwidth_bytes_s: float | None = None,
-) -> tuple[BlockCuts, list[UnitProfile]]:
+    balance: str = "time",
+) -> tuple[BlockCuts, list[UnitProfile] | list[UnitMemory]]:
     """Profile every block of `model`, built with one block per fine unit (e.g. `create_model(..., cut="block")`:
     every residual block), and choose where to cut the units into one decoupled block per stage (`choose_cuts`).
-    Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each."""
+    Rebuild the model with `block_units=cuts.units_per_block` and run it on `stages` stages of one block each.
+
+    `balance="memory"` measures each unit's memory instead (`unit_memory`, no timing) and cuts so that the largest
+    block's predicted training peak (`block_peak`: its input, its units' saved tensors, the one head at its end, and
+    the climb of each backward) is smallest; the cuts then give `predicted_bytes` per block (peak growth over the
+    model's state), and the second value is the list of UnitMemory."""
+    if check_balance(balance) == "memory":
+        mems = unit_memory(model, x, y)
+        if not 1 <= stages <= len(mems):
+            raise ValueError(f"cannot cut {len(mems)} units into {stages} blocks (each block needs at least one unit)")
+        sizes = _min_max_groups(len(mems), stages, lambda a, b: block_peak(mems, a, b))
+        nbytes = [block_peak(mems, r[0], r[-1] + 1) for r in stage_slices(sizes)]
+        return BlockCuts(sizes, [1] * stages, [float("nan")] * stages, nbytes), mems
     profiles = profile_units(model, x, y, train_cfg, repeats=repeats)
     body = [max(p.seconds - p.head_seconds, 0.0) for p in profiles]
     link = [p.out_bytes / bandwidth_bytes_s if bandwidth_bytes_s else 0.0 for p in profiles]

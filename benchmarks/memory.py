@@ -1,0 +1,172 @@
+"""Memory bench core: the training peak of each method and K against BP, and the largest batch under a memory cap.
+
+Decoupled training's single-device payoff: trained block by block (`TrainConfig.backward="blockwise"`), a model keeps
+only one block's graph alive at a time, so its peak falls with K while BP's keeps the whole network's. InfoPro
+(Wang et al., ICLR 2021) reports 0.62x BP's GPU memory at K = 2 and 0.37x at K = 4 (ResNet-110 on CIFAR-10), with
+memory-balanced cuts; `balance="memory"` here chooses cuts the same way (zoo.pipeline.partition).
+
+Each figure is `zoo.memory.measure_train_step`: tensors counted (CPU: the profiler's allocator events; CUDA:
+`max_memory_allocated`), split into parameters, gradients, optimizer state and activations, after one warm-up step
+so the optimizer state exists. Counting tensors rather than the process makes the figure independent of the load on
+the machine. Plain functions: `measure` (one method, one K, one batch), `largest_batch` (doubling, then bisection,
+under a cap), `against_bp` (ratios) and `COLUMNS` for the rows a harness appends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from zoo.decoupled import DecoupledModel
+from zoo.errors import UserError
+from zoo.memory import measure_train_step
+from zoo.pipeline.partition import check_balance, choose_blocks
+from zoo.train import TrainConfig, Trainer
+
+from .results import ENV_COLUMNS, SETUP_COLUMNS
+
+__all__ = ["COLUMNS", "Builder", "against_bp", "choose_units", "largest_batch", "measure"]
+
+# what a memory row holds besides the setup and the environment
+COLUMNS = (
+    *SETUP_COLUMNS,
+    "batch_size",
+    "balance",
+    "backward",
+    "units_per_block",
+    "peak_mb",
+    "parameters_mb",
+    "gradients_mb",
+    "optimizer_mb",
+    "activations_mb",
+    "ratio_vs_bp",
+    "memory_cap_mb",
+    "largest_batch",
+    "mem_kind",
+    *ENV_COLUMNS,
+    "run_id",
+)
+
+# `build(method, **kw)` → a fresh model; kw is `num_blocks=K`, or `cut="block"` with `block_units` for chosen cuts
+Builder = Callable[..., DecoupledModel]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def choose_units(
+    build: Builder, batch: Batch, method: str, num_blocks: int, balance: str, train: TrainConfig | None = None
+) -> list[int]:
+    """Units (e.g. residual blocks, `cut="block"`) per block of the `num_blocks` cuts that balance time or memory."""
+    fine = build(method, cut="block")
+    cuts, _ = choose_blocks(fine, *batch, num_blocks, train, repeats=1, balance=check_balance(balance))
+    return cuts.units_per_block
+
+
+def _model(build: Builder, method: str, num_blocks: int | None, units: Sequence[int] | None) -> DecoupledModel:
+    if method == "bp":
+        return build(method)  # one loss, one backward: where the blocks are cut changes nothing
+    if units is not None:
+        return build(method, cut="block", block_units=list(units))
+    return build(method) if num_blocks is None else build(method, num_blocks=num_blocks)
+
+
+def measure(
+    build: Builder,
+    batch: Batch,
+    method: str,
+    num_blocks: int | None = None,
+    balance: str | None = "memory",
+    backward: str = "blockwise",
+    train: TrainConfig | None = None,
+    units: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Training peak of `method` with `num_blocks` blocks on `batch`, as a row's bench columns.
+
+    `balance` ("time" or "memory") cuts the units of `build(method, cut="block")` into `num_blocks` balanced blocks
+    (`choose_units`; `units` gives them directly); None keeps the builder's own cut (`build(method,
+    num_blocks=num_blocks)`, e.g. natural stages or an SMP model's). BP is built once, uncut."""
+    train = train or TrainConfig()
+    if method != "bp" and units is None and balance is not None and num_blocks is not None:
+        units = choose_units(build, batch, method, num_blocks, balance, train)
+    model = _model(build, method, num_blocks, units)
+    trainer = Trainer(model, replace(train, backward=backward), total_steps=10, device=device)
+    mem = measure_train_step(trainer, *batch)
+    bp = method == "bp"
+    return {
+        "method": method,
+        "num_blocks": model.num_blocks,
+        "batch_size": int(batch[0].shape[0]),
+        "balance": "" if bp or units is None else (balance or ""),
+        "backward": "" if bp else backward,
+        "units_per_block": "" if bp or units is None else "+".join(map(str, units)),
+        "peak_mb": mem.peak_mb,
+        "parameters_mb": mem.parameters_mb,
+        "gradients_mb": mem.gradients_mb,
+        "optimizer_mb": mem.optimizer_mb,
+        "activations_mb": mem.activations_mb,
+        "mem_kind": mem.source,
+    }
+
+
+def against_bp(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with `ratio_vs_bp`: each peak over BP's at the same batch size (empty where no BP row has it)."""
+    bp = {r["batch_size"]: r["peak_mb"] for r in rows if r["method"] == "bp"}
+    return [{**r, "ratio_vs_bp": r["peak_mb"] / bp[r["batch_size"]] if r["batch_size"] in bp else None} for r in rows]
+
+
+def largest_batch(
+    build: Builder,
+    make_batch: Callable[[int], Batch],
+    method: str,
+    cap_mb: float,
+    num_blocks: int | None = None,
+    balance: str | None = "memory",
+    train: TrainConfig | None = None,
+    max_batch: int = 4096,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """The largest batch whose training peak fits `cap_mb`: doubling from the smallest batch the zoo trains on (2:
+    a local loss needs batch statistics, and the task head checks labels the same way), then bisection. Returns
+    `measure`'s row for it, with `memory_cap_mb` and `largest_batch`. The cuts are chosen once, at the first batch
+    (activations grow with the batch alike in every unit). A probe that the line through the last two measured
+    peaks puts beyond 1.25x the cap is not run (it is taken as not fitting), so the bench never allocates far past
+    the cap. UserError when even that first batch exceeds the cap."""
+    if not cap_mb > 0:
+        raise UserError(f"--memory-cap-mb must be positive, got {cap_mb}")
+    start = 2
+    units = None
+    if method != "bp" and balance is not None and num_blocks is not None:
+        units = choose_units(build, make_batch(start), method, num_blocks, balance, train)
+    seen: dict[int, dict[str, Any]] = {}
+
+    def fits(b: int) -> bool:
+        if len(seen) >= 2:
+            (b1, r1), (b2, r2) = sorted(seen.items())[-2:]
+            slope = (r2["peak_mb"] - r1["peak_mb"]) / (b2 - b1)
+            if r2["peak_mb"] + slope * (b - b2) > 1.25 * cap_mb:
+                log(f"{method}: batch {b} predicted over 1.25x the cap, not run")
+                return False
+        seen[b] = measure(build, make_batch(b), method, num_blocks, balance, train=train, units=units, device=device)
+        log(f"{method}: batch {b}: peak {seen[b]['peak_mb']:.1f} MB (cap {cap_mb:g})")
+        return seen[b]["peak_mb"] <= cap_mb
+
+    if not fits(start):
+        raise UserError(
+            f"--memory-cap-mb {cap_mb:g} is below what {method} needs at its smallest batch ({start}): "
+            f"{seen[start]['peak_mb']:.1f} MB"
+        )
+    lo, hi = start, None
+    while hi is None and lo < max_batch:
+        b = min(2 * lo, max_batch)
+        if fits(b):
+            lo = b
+        else:
+            hi = b
+    while hi is not None and hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return {**seen[lo], "memory_cap_mb": float(cap_mb), "largest_batch": lo}
