@@ -31,13 +31,15 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .exits import EXIT_POLICIES, ExitRule, adaptive_forward, adaptive_from_blocks, check_exit_policy
-from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead, TaskHead, check_method
+from .heads import LOCAL_METHODS, LocalHead, TaskHead, check_method, dense_head
 from .metrics import IGNORE_INDEX
 from .tasks import check_task
 
 __all__ = [
     "Block",
     "DecoupledModel",
+    "Features",
+    "deepest",
     "StepOutput",
     "EXIT_POLICIES",
     "block_rng",
@@ -48,12 +50,37 @@ __all__ = [
 ]
 
 
+class Features(tuple):
+    """Several stage features handed on by one block, shallowest first (a segmentation block that holds several
+    encoder stages: the decoder reads each of them as a skip).
+
+    A block output is a tensor or a `Features`; the model treats both alike where it touches them: the next block
+    and the local head read the deepest (`deepest`), `detach()` cuts every member at the block boundary, and
+    indexing with a tensor (a mask or indices over the batch, as the adaptive exit does) selects samples of every
+    member. Integer indices keep tuple meaning (member i).
+    """
+
+    def detach(self) -> Features:
+        return Features(f.detach() for f in self)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, torch.Tensor):
+            return Features(f[key] for f in self)
+        return super().__getitem__(key)
+
+
+def deepest(h: torch.Tensor | Features) -> torch.Tensor:
+    """The tensor the next block and a local head read from a block output."""
+    return h[-1] if isinstance(h, Features) else h
+
+
 class Block(nn.Module):
     """One block: `body` (part of the backbone) and its `head` (local head, task head, or None under BP).
 
     `takes_skips=True` marks a body that reads every earlier block's output (a segmentation decoder): it then
-    receives the list `[x, h_1, ..., h_{k-1}]` instead of the last tensor. A `frozen` block (see `freeze`) only
-    runs forward, in eval mode and without autograd.
+    receives the list `[x, h_1, ..., h_{k-1}]` instead of the last output. Any other body receives the deepest
+    tensor of the last output (see `Features`). A `frozen` block (see `freeze`) only runs forward, in eval mode and
+    without autograd.
     """
 
     def __init__(self, body: nn.Module, head: nn.Module | None = None, takes_skips: bool = False):
@@ -75,11 +102,17 @@ class Block(nn.Module):
         # a frozen block ignores model.train(): its BatchNorm statistics and dropout stay as they were trained
         return super().train(mode and not self.frozen)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    @property
+    def num_outputs(self) -> int:
+        """How many tensors the body hands on: 1, or the length of the `Features` it returns."""
+        return int(getattr(self.body, "num_outputs", 1))
+
+    def forward(self, feats: list[torch.Tensor | Features]) -> torch.Tensor | Features:
+        inputs = feats if self.takes_skips else deepest(feats[-1])
         if self.frozen:
             with torch.no_grad():
-                return self.body(feats if self.takes_skips else feats[-1])
-        return self.body(feats if self.takes_skips else feats[-1])
+                return self.body(inputs)
+        return self.body(inputs)
 
 
 def block_seed(seed: int, step: int, block: int) -> int:
@@ -116,7 +149,8 @@ def forward_block(
     `(loss, logits, parts)`, or None for a block without a head. `detach` cuts the graph at the block's input
     (decoupled methods); `rng=(seed, step)` runs it on its own RNG stream. `DecoupledModel.step` and each pipeline
     stage both train through this, so the two layouts compute the same thing. A frozen block only runs forward:
-    None, like a block without a head."""
+    None, like a block without a head. A head with `takes_image` (a reconstruction term) also receives the input
+    image `feats[0]`."""
     inputs = [f.detach() for f in feats] if detach else feats
     if block.frozen:
         feats.append(block(inputs))
@@ -124,7 +158,11 @@ def forward_block(
     with block_rng(None if rng is None else block_seed(rng[0], rng[1], k), feats[0].device):
         h = block(inputs)
         feats.append(h)
-        return None if block.head is None else block.head.loss(h, y)
+        if block.head is None:
+            return None
+        if getattr(block.head, "takes_image", False):
+            return block.head.loss(h, y, image=inputs[0])
+        return block.head.loss(h, y)
 
 
 @dataclass
@@ -395,7 +433,7 @@ def build_decoupled(
             raise UserError("a segmentation model needs a decoder block")
         ignore = 255 if ignore_index is None else ignore_index
         for body, shape in zip(bodies, out_shapes, strict=True):
-            head = DenseLocalHead(method, shape[0], num_classes, ignore_index=ignore, **head_kwargs) if local else None
+            head = dense_head(method, shape[0], num_classes, ignore_index=ignore, **head_kwargs) if local else None
             blocks.append(Block(body, head))
         blocks.append(Block(decoder, TaskHead(task_head, dice=dice, ignore_index=ignore), takes_skips=True))
     return DecoupledModel(blocks, method, task, num_classes, config=config, **model_kwargs)

@@ -53,13 +53,18 @@ def deinforeg(
     y: torch.Tensor,
     num_classes: int,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    batch: int | None = None,
 ) -> DeInfoRegLoss:
     """DeInfoReg loss on projector output `z` (B×D) with integer labels `y`.
 
-    `weights` are (invariance, variance, covariance). Computed in float32 whatever the input dtype, so bfloat16
-    activations do not lose the small variance and covariance terms.
+    `weights` are (invariance, variance, covariance). `batch` is the B the variance term divides by (the authors'
+    code divides by its batch of images); None: the rows of `z`. Dense heads whose rows are pixels pass the number
+    of images (see zoo.heads.DecodingHead). Computed in float32 whatever the input dtype, so bfloat16 activations do
+    not lose the small variance and covariance terms.
     """
     check_labels(z, y, num_classes)
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     z = z.float()
     b, d = z.shape
     zn = F.normalize(z, p=2, dim=1)
@@ -68,7 +73,7 @@ def deinforeg(
     invariance = (target - similarity_matrix(zn)).pow(2).mean()
 
     std = torch.sqrt(zn.var(dim=0, unbiased=True) + 1e-7)
-    variance = F.relu(1.0 - std).mean() / b
+    variance = F.relu(1.0 - std).mean() / (b if batch is None else batch)
 
     centred = zn - zn.mean(dim=0, keepdim=True)
     cov = centred.t() @ centred / b

@@ -3,13 +3,16 @@
 SMP's stage contract: the encoder returns a list of features (the input itself first, then one map per stage;
 `tu-` encoders of transformer-style timm models insert an empty 0-channel stride-2 map). One forward of the encoder
 is traced module by module; each feature is matched to the module that produced it, the modules are checked to form a
-plain chain, and the chain is cut after each feature's producer. Every encoder stage becomes a block with a dense
-local head; the decoder and segmentation head form the last block, which reads every block's (detached) output,
-rebuilds SMP's feature list and is trained by the task loss (cross-entropy, optionally + Dice).
+plain chain, and the chain is cut after each feature's producer: one *unit* per encoder stage, plus the decoder and
+segmentation head as the last unit, trained by the task loss (cross-entropy, optionally + Dice).
 
-The decoder needs each stage's feature as a separate tensor, so encoder stages cannot be merged: a segmentation
-model has one block per encoder stage plus the decoder block. Change the number of blocks with SMP's
-`encoder_depth` (and `decoder_channels` of matching length for Unet-like decoders).
+Units are grouped into blocks as timm models' are (`num_blocks=K` in equal contiguous groups, later ones larger, or
+`block_units=[..]`; K from 2 to stages + 1, by default stages + 1: one block per stage plus the decoder). The
+decoder reads every stage's feature, so a block of several stages hands on all of them (`zoo.decoupled.Features`,
+each detached at the block boundary) and its local head reads the deepest; the last block holds the decoder and the
+deepest stages (InfoPro's cut, K = 2 on a ResNet: stem, layer1, layer2 | layer3, layer4, decoder). Encoder blocks get
+a dense local head chosen by `head` (zoo.heads.dense_head; its options may be given flat, `head="decoding",
+recon=0.1`, or as `head_kwargs`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, build_decoupled
+from ..decoupled import BUILD_KEYS, MODEL_KEYS, DecoupledModel, Features, build_decoupled, merge_units
 from ..errors import UserError, check_kwargs
+from ..heads import DENSE_HEADS, dense_head_options
 from ..tasks import TASK_DEFAULTS
 from ._stages import NotSequentialError, ancestors, chain_calls, check_close, eval_mode, leaf_modules, make_unit, trace
 from .timm import CNN_MODULES
 
-__all__ = ["ARCHS", "NATIVE_ENCODERS", "create", "export", "list_supported"]
+__all__ = ["ARCHS", "NATIVE_ENCODERS", "SegDecoder", "StageGroup", "create", "export", "list_supported"]
 
 # SMP architectures whose decoder reads the encoder's feature list (the rule above); names as `smp.create_model`
 ARCHS = ("unet", "unetplusplus", "manet", "linknet", "fpn", "pspnet", "deeplabv3", "deeplabv3plus", "pan", "upernet")
@@ -54,30 +58,63 @@ _MODEL_KEYS = MODEL_KEYS
 _BUILD_KEYS = BUILD_KEYS
 
 
-class SegDecoder(nn.Module):
-    """The last block: rebuilds SMP's feature list from `[x, h_1, ..., h_k]`, runs decoder + segmentation head.
+class StageGroup(nn.Module):
+    """Consecutive encoder stages as one block body: returns every stage's feature (`Features`, shallowest first),
+    as the decoder reads each of them."""
 
-    `slots[i]` says where feature i comes from: `("input", 1)`, `("block", k)` (h_k) or `("dummy", reduction)` (an
-    empty 0-channel map, as SMP's timm-universal encoder inserts for transformer-style models).
+    def __init__(self, stages: list[nn.Module]):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.num_outputs = len(stages)
+
+    def forward(self, h: torch.Tensor) -> Features:
+        out = []
+        for stage in self.stages:
+            h = stage(h)
+            out.append(h)
+        return Features(out)
+
+
+class SegDecoder(nn.Module):
+    """The last block: runs its own encoder `stages` (the deepest ones, if any) on the deepest feature so far,
+    rebuilds SMP's feature list from `[x, h_1, ..., h_k]` and runs decoder + segmentation head.
+
+    `slots[i]` says where feature i comes from: `("input", 1)`, `("block", k)` (h_k, a tensor), `("block", k, j)`
+    (member j of h_k, a `Features`), `("own", j)` (this block's stage j) or `("dummy", reduction)` (an empty
+    0-channel map, as SMP's timm-universal encoder inserts for transformer-style models).
     """
 
-    def __init__(self, decoder: nn.Module, segmentation_head: nn.Module, slots: list[tuple[str, int]]):
+    def __init__(
+        self,
+        decoder: nn.Module,
+        segmentation_head: nn.Module,
+        slots: list[tuple],
+        stages: list[nn.Module] | None = None,
+    ):
         super().__init__()
         self.decoder = decoder
         self.segmentation_head = segmentation_head
+        self.stages = nn.ModuleList(stages or [])  # empty: no parameters, the natural layout's keys unchanged
         self.slots = [tuple(s) for s in slots]
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor | Features]) -> torch.Tensor:
         x = feats[0]
         b, _, h, w = x.shape
+        own, t = [], feats[-1]
+        for stage in self.stages:
+            t = stage(t[-1] if isinstance(t, Features) else t)
+            own.append(t)
         features = []
-        for kind, v in self.slots:
+        for kind, *v in self.slots:
             if kind == "input":
                 features.append(x)
             elif kind == "dummy":
-                features.append(x.new_empty(b, 0, h // v, w // v))
+                features.append(x.new_empty(b, 0, h // v[0], w // v[0]))
+            elif kind == "own":
+                features.append(own[v[0]])
             else:
-                features.append(feats[v])
+                f = feats[v[0]]
+                features.append(f[v[1]] if len(v) > 1 else f)
         return self.segmentation_head(self.decoder(features))
 
 
@@ -168,6 +205,64 @@ def _cut_traced(encoder: nn.Module, x: torch.Tensor):
     return units, shapes, slots
 
 
+# -- grouping ----------------------------------------------------------------------------------------------------
+def _sizes(stages: int, num_blocks: Any, block_units: Any, name: str, arch: str) -> list[int]:
+    """Units per block (the decoder is the last unit): natural, `num_blocks` equal groups, or `block_units`."""
+    n = stages + 1
+    what = f"{name} with {arch} has {stages} encoder stages + the decoder = {n} units"
+    if block_units is not None:
+        try:
+            sizes = [int(u) for u in block_units]
+        except (TypeError, ValueError):
+            sizes = []
+        if len(sizes) < 2 or sum(sizes) != n or min(sizes) < 1 or num_blocks not in (None, len(sizes)):
+            raise UserError(
+                f"block_units={block_units} is not possible: {what}; give 2 to {n} blocks of at least one unit "
+                f"each, summing to {n}" + (f" (and num_blocks={num_blocks} of them)" if num_blocks is not None else "")
+            )
+        return sizes
+    if num_blocks is None:
+        return [1] * n
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or not 2 <= num_blocks <= n:
+        raise UserError(
+            f"num_blocks={num_blocks} is not possible: {what}; num_blocks runs from 2 (an encoder block and the "
+            f"decoder block) to {n} (one block per stage)"
+        )
+    _, ends = merge_units([nn.Identity()] * n, num_blocks)
+    return [e - s for s, e in zip([-1, *ends], ends)]
+
+
+def _group(units, shapes, slots, sizes: list[int], decoder: nn.Module, segmentation_head: nn.Module):
+    """Encoder block bodies (a stage, or a StageGroup), their deepest output shapes, and the decoder block's body
+    holding the remaining stages, with the decoder's slots re-pointed at where each stage's feature now lives."""
+    bodies, out_shapes, where, start = [], [], {}, 0
+    for g, size in enumerate(sizes[:-1]):
+        if size == 1:
+            bodies.append(units[start])
+            where[start] = ("block", g + 1)
+        else:
+            bodies.append(StageGroup(units[start : start + size]))
+            where.update({start + j: ("block", g + 1, j) for j in range(size)})
+        out_shapes.append(shapes[start + size - 1])
+        start += size
+    where.update({i: ("own", i - start) for i in range(start, len(units))})
+    regrouped = [where[v - 1] if kind == "block" else (kind, v) for kind, v in slots]
+    return bodies, out_shapes, SegDecoder(decoder, segmentation_head, regrouped, units[start:])
+
+
+def _head_kwargs(head_kwargs: dict[str, Any] | None, flat: dict[str, Any], in_channels: int) -> dict[str, Any]:
+    """`head_kwargs` with the flat head options (`head=decoding,recon=0.1` from --model-kwargs) merged in, checked
+    against the chosen head whatever the method (bp builds no head, but the same flags must mean the same model)."""
+    hk = {**(head_kwargs or {}), **flat}
+    head = hk.get("head", "pointwise")
+    if head not in DENSE_HEADS:
+        raise UserError(f"unknown dense head {head!r}; valid choices: {', '.join(DENSE_HEADS)}")
+    check_kwargs(hk, dense_head_options(head), f"the {head} dense head")
+    if head == "decoding" and float(hk.get("recon", 0.0)) > 0:
+        hk.setdefault("image_channels", in_channels)
+    return hk
+
+
 # -- building ----------------------------------------------------------------------------------------------------
 def _new_smp(arch: str, name: str, num_classes: int, in_channels: int, smp_kw: dict[str, Any]) -> nn.Module:
     kw = {"encoder_weights": None, **smp_kw}  # never download weights unless asked to
@@ -185,7 +280,8 @@ def _check_smp_kwargs(arch: str, name: str, smp_kw: dict[str, Any]) -> None:
     cls = {c.__name__.lower(): c for c in vars(smp).values() if isinstance(c, type) and issubclass(c, nn.Module)}[arch]
     takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
     takes = [p for p in takes if p not in ("encoder_name", "classes", "in_channels")]
-    own = ("num_blocks", "in_channels", "dice", "img_size", *MODEL_KEYS, *BUILD_KEYS)
+    own = ("num_blocks", "block_units", "in_channels", "dice", "img_size", *MODEL_KEYS, *BUILD_KEYS)
+    own += tuple(dense_head_options())
     check_kwargs(smp_kw, [*own, *takes], f"SMP {arch} on {name}")
 
 
@@ -218,14 +314,16 @@ def create(
     in_channels: int = 3,
     dice: bool = False,
     img_size: int | None = None,
+    block_units: list[int] | None = None,
     **kw: Any,
 ) -> DecoupledModel:
-    """Cut SMP `arch` with encoder `name` into encoder-stage blocks + a decoder block trained by `method`.
+    """Cut SMP `arch` with encoder `name` into blocks of encoder stages + a decoder block trained by `method`.
 
-    `num_blocks` can only be the natural count (encoder stages + 1, see the module docstring). `img_size` is the
-    dummy forward's size (default 64). Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...),
-    `build_decoupled` (`head_kwargs`, `ignore_index`) or `smp.create_model` (`encoder_depth`, `decoder_channels`,
-    `encoder_weights`, ...).
+    `num_blocks` (2 to stages + 1; None: stages + 1) or `block_units` (units per block, the decoder counting as the
+    last unit) group the stages, see the module docstring. `img_size` is the dummy forward's size (default 64).
+    Dense head options (`head`, `recon`, `width`, ... see zoo.heads.dense_head_options) may be given flat or in
+    `head_kwargs`. Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...), `build_decoupled`
+    (`ignore_index`) or `smp.create_model` (`encoder_depth`, `decoder_channels`, `encoder_weights`, ...).
     """
     arch = arch.lower()
     _check_name(name, arch)
@@ -233,26 +331,25 @@ def create(
         kw.pop(k, None)
     model_kw = {k: kw.pop(k) for k in _MODEL_KEYS if k in kw}
     build_kw = {k: kw.pop(k) for k in _BUILD_KEYS if k in kw}
+    flat_head = {k: kw.pop(k) for k in dense_head_options() if k in kw}
+    if flat_head or build_kw.get("head_kwargs"):
+        build_kw["head_kwargs"] = _head_kwargs(build_kw.get("head_kwargs"), flat_head, in_channels)
     smp_kw = kw
     _check_smp_kwargs(arch, name, smp_kw)
     size = img_size or DEFAULT_IMG_SIZE
     _check_size(size, smp_kw.get("encoder_depth", 5), name, arch)
     net = _new_smp(arch, name, num_classes, in_channels, smp_kw)
     units, shapes, slots = _cut(net.encoder, size, in_channels, name)
-    if num_blocks is not None and num_blocks != len(units) + 1:
-        raise UserError(
-            f"num_blocks={num_blocks} is not possible: {name} with {arch} has {len(units)} encoder stages, each a "
-            f"block because the decoder reads every stage, plus the decoder block: num_blocks must be "
-            f"{len(units) + 1} (change encoder_depth to change it)"
-        )
-    decoder = SegDecoder(net.decoder, net.segmentation_head, slots)
+    sizes = _sizes(len(units), num_blocks, block_units, name, arch)
+    bodies, out_shapes, decoder = _group(units, shapes, slots, sizes, net.decoder, net.segmentation_head)
     config = {
         "name": name,
         "task": "seg",
         "arch": arch,
         "method": method,
         "num_classes": num_classes,
-        "num_blocks": len(units) + 1,
+        "num_blocks": len(sizes),
+        **({"block_units": sizes} if block_units is not None else {}),
         "in_channels": in_channels,
         "dice": dice,
         "img_size": size,
@@ -264,8 +361,8 @@ def create(
         **_data_info(name),
     }
     return build_decoupled(
-        units,
-        shapes,
+        bodies,
+        out_shapes,
         nn.Identity(),
         method,
         "seg",
@@ -291,11 +388,13 @@ def export(model: DecoupledModel) -> nn.Module:
         raise NotImplementedError("export supports the decoder's exit only")
     skip = set(_INFO_KEYS + _MODEL_KEYS + _BUILD_KEYS)
     skip |= {"name", "task", "arch", "method", "num_classes", "num_blocks", "in_channels", "dice", "img_size"}
+    skip |= {"block_units"}
     smp_kw = {k: v for k, v in config.items() if k not in skip}
     name, in_channels = config["encoder_name"], config["in_channels"]
     net = _new_smp(config["arch"], name, config["num_classes"], in_channels, smp_kw)
-    units, _, slots = _cut(net.encoder, config["img_size"], in_channels, name)
-    decoder = SegDecoder(net.decoder, net.segmentation_head, slots)
-    for body, block in zip([*units, decoder], model.blocks, strict=True):
+    units, shapes, slots = _cut(net.encoder, config["img_size"], in_channels, name)
+    sizes = _sizes(len(units), config.get("num_blocks"), config.get("block_units"), name, config["arch"])
+    bodies, _, decoder = _group(units, shapes, slots, sizes, net.decoder, net.segmentation_head)
+    for body, block in zip([*bodies, decoder], model.blocks, strict=True):
         body.load_state_dict(block.body.state_dict())
     return net.eval()

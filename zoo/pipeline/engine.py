@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..decoupled import DecoupledModel, forward_block
+from ..decoupled import DecoupledModel, Features, forward_block
 from ..heads import LOCAL_METHODS
 from ..runtime import PeakMemory
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
@@ -103,6 +103,22 @@ def synthetic_batches(
     xs = [torch.randn(batch_size, 3, img_size, img_size, generator=g) for _ in range(num_batches)]
     shape = (batch_size,) if task == "cls" else (batch_size, img_size, img_size)
     return [(x, torch.randint(0, num_classes, shape, generator=g)) for x in xs]
+
+
+def _flatten(feats: Sequence[torch.Tensor | Features]) -> list[torch.Tensor]:
+    """Block outputs as the flat tensor list a message carries (a `Features` gives each member)."""
+    return [t for f in feats for t in (f if isinstance(f, Features) else (f,))]
+
+
+def _unflatten(tensors: Sequence[torch.Tensor], arity: Sequence[int]) -> list[torch.Tensor | Features]:
+    """Inverse of `_flatten`, given how many tensors each output holds (1: a plain tensor)."""
+    if sum(arity) != len(tensors):
+        raise RuntimeError(f"expected {sum(arity)} feature tensors ({list(arity)}), got {len(tensors)}")
+    out, i = [], 0
+    for n in arity:
+        out.append(tensors[i] if n == 1 else Features(tensors[i : i + n]))
+        i += n
+    return out
 
 
 def _cycle(batches: Batches, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -201,6 +217,11 @@ def stage_decoupled(
             if b.head is not None and hasattr(b.head, "_combine"):
                 gather_losses(b.head, rep.group)
     skips_out = any(b.takes_skips for b in model.blocks[mine.stop :])
+    # how many tensors each received feature holds: x, then the outputs of the blocks before this stage (all of them
+    # when this stage or a later one holds the decoder that reads skips, else the last)
+    arity = [1] + [b.num_outputs for b in model.blocks[: mine.start]]
+    if not any(b.takes_skips for b in model.blocks[mine.start :]):
+        arity = arity[-1:]
     method = model.method
     rng_seed = torch.initial_seed()  # build() seeded cfg.seed: the same base as a single-process Trainer's
     del model, optims, scheds  # keep only this stage's blocks
@@ -221,7 +242,7 @@ def stage_decoupled(
             msg = link.recv(prev, f"micro-batch {t}")
             if msg.kind != DATA or msg.step != t:
                 raise RuntimeError(f"stage {rank}: expected micro-batch {t}, got kind {msg.kind} step {msg.step}")
-            feats, y = list(msg.tensors[:-1]), msg.tensors[-1]
+            feats, y = _unflatten(msg.tensors[:-1], arity), msg.tensors[-1]
         t0 = time.perf_counter()
         losses = []
         for k, block in zip(mine, blocks):
@@ -242,7 +263,7 @@ def stage_decoupled(
             wd.step_done(compute[-1])
         if not last:
             out = feats if skips_out else feats[-1:]
-            link.send(nxt, DATA, t, [f.detach() for f in out] + [y])
+            link.send(nxt, DATA, t, [f.detach() for f in _flatten(out)] + [y])
         ends.append(time.perf_counter())
     # The window ends when the last send is issued, as it starts: in steady state a stage is always up to
     # `max_in_flight` sends ahead of its successor, so timing the final flush would charge it that many extra steps.
