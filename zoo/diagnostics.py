@@ -34,6 +34,7 @@ __all__ = [
     "Layer",
     "ActivationScale",
     "activation_scales",
+    "draw_grad_norms",
     "grad_norms_at",
     "plot_grad_norms",
     "weight_layers",
@@ -178,6 +179,32 @@ class GradNorms(Callback):
         }
 
 
+def draw_grad_norms(
+    ax: Any,
+    curves: Mapping[str, Sequence[float]],
+    title: str = "",
+    block_ends: Sequence[int] = (),
+    ylabel: str = "weight-gradient norm",
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Norm against layer index (1-based) on a matplotlib axes, one line per label (`styles[label]`: plot keywords),
+    log scale; dotted lines after `block_ends` (1-based indices of each block's last layer). Zero, NaN and missing
+    values are left out (a log axis cannot show them)."""
+    for label, values in curves.items():
+        xs = [i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v) and v > 0]
+        ys = [values[i - 1] for i in xs]
+        ax.plot(xs, ys, marker="o", markersize=2.5, label=label, **dict((styles or {}).get(label, {})))
+    for e in block_ends:
+        ax.axvline(e + 0.5, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (forward order)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="x-small")
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot_grad_norms(
     curves: Mapping[str, Sequence[float]],
     path: str | Path,
@@ -185,27 +212,14 @@ def plot_grad_norms(
     block_ends: Sequence[int] = (),
     ylabel: str = "weight-gradient norm",
 ) -> Path:
-    """Norm against layer index (1-based), one line per label, log scale; dotted lines after `block_ends` (1-based
-    indices of each block's last layer). Writes `path` (PNG or PDF by suffix) and returns it."""
+    """`draw_grad_norms` on a figure of its own, written to `path` (PNG or PDF by suffix); returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, values in curves.items():
-        xs = [i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v) and v > 0]
-        ys = [values[i - 1] for i in xs]
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    for e in block_ends:
-        ax.axvline(e + 0.5, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (forward order)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(True, which="major", alpha=0.3)
+    draw_grad_norms(ax, curves, title, block_ends, ylabel)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
