@@ -51,6 +51,7 @@ __all__ = [
     "grid",
     "plot_accuracy_vs_depth",
     "plot_grad_norms_per_depth",
+    "plot_loss_curves",
     "render",
     "rows_from_results",
     "run_grid",
@@ -563,11 +564,48 @@ def plot_grad_norms_per_depth(
     return paths
 
 
+def plot_loss_curves(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """The deepest head's training loss per epoch (BP: its one loss), mean over seeds with a ±std band (the seed-to-
+    seed spread, the paper's "convergence stability"); one row of panels per depth, one column per (norm, init)."""
+    plt = _pyplot()
+    depths = sorted({r["depth"] for r in results})
+    panels = _panels(results)
+    fig, axes = plt.subplots(len(depths), len(panels), figsize=(3.6 * len(panels), 2.6 * len(depths)),
+                             sharex=True, squeeze=False)  # fmt: skip
+    for row, d in zip(axes, depths):
+        for ax, (norm, init) in zip(row, panels):
+            for i, method in enumerate(METHODS):
+                rs = [r for r in results if (r["depth"], r["norm"], r["init"], r["method"]) == (d, norm, init, method)]
+                if not rs:
+                    continue
+                curves = [[h["train_loss"][-1] for h in r["history"]] for r in rs]
+                n = min(map(len, curves))
+                mean = [statistics.fmean(c[e] for c in curves) for e in range(n)]
+                std = [statistics.stdev(c[e] for c in curves) if len(curves) > 1 else 0.0 for e in range(n)]
+                xs = list(range(1, n + 1))
+                ax.plot(xs, mean, color=f"C{i}", label=method)
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=f"C{i}", alpha=0.2)  # fmt: skip
+            ax.set_title(f"depth {d}, {norm}, {init}", fontsize="small")
+            ax.grid(True, alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for row in axes:
+        row[0].set_ylabel("deepest head's loss")
+    axes[0][-1].legend(fontsize="x-small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def render(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """`table.md`, `accuracy_vs_depth.png` and one `grad_norms_depth<D>.png` per depth in `out_dir`."""
+    """`table.md`, `accuracy_vs_depth.png`, `loss_curves.png` and one `grad_norms_depth<D>.png` per depth."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "table.md"
     table.write_text(format_table(rows) + "\n")
     return [table, plot_accuracy_vs_depth(rows, out / "accuracy_vs_depth.png"),
-            *plot_grad_norms_per_depth(results, out)]  # fmt: skip
+            plot_loss_curves(results, out / "loss_curves.png"), *plot_grad_norms_per_depth(results, out)]  # fmt: skip

@@ -57,5 +57,5 @@ def test_rows_and_render(data, tmp_path) -> None:
     assert all(len(s.split(":")) == 2 for s in greedy["exit_test_per_seed"].split(";"))
     assert math.isclose(greedy["metric_mean"], sum(r["metric"] for r in results if r["method"] == "greedy") / 2)
     paths = depth.render(rows, results, tmp_path / "out")
-    assert [p.name for p in paths] == ["table.md", "accuracy_vs_depth.png", "grad_norms_depth8.png"]
+    assert [p.name for p in paths] == ["table.md", "accuracy_vs_depth.png", "loss_curves.png", "grad_norms_depth8.png"]
     assert "| none | default | 8 | 2 | greedy |" in paths[0].read_text()
