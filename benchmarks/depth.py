@@ -474,13 +474,20 @@ def _panels(rows_or_results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(n, i) for n in NORMS for i in INITS if (n, i) in seen]
 
 
+def _grid(plt: Any, panels: Sequence[tuple[str, str]], size: tuple[float, float]) -> tuple[Any, Any]:
+    """A 2×2 figure (rows: norm, columns: init) when all four panels are there, else one row; y axes shared."""
+    rows = 2 if len(panels) == 4 else 1
+    cols = len(panels) // rows
+    return plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), sharey=True, squeeze=False)
+
+
 def plot_accuracy_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Test accuracy (selected, mean ± std over seeds) against depth, one line per method, one panel per
     (norm, init); a decoupled method's deepest exit is drawn dashed beside it (which exit carries the result)."""
     plt = _pyplot()
     panels = _panels(rows)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
-    for ax, (norm, init) in zip(axes[0], panels):
+    fig, axes = _grid(plt, panels, (4.4, 3.4))
+    for ax, (norm, init) in zip(axes.flat, panels):
         for i, method in enumerate(METHODS):
             rs = sorted((r for r in rows if (r["norm"], r["init"], r["method"]) == (norm, init, method)),
                         key=lambda r: int(r["depth"]))  # fmt: skip
@@ -498,8 +505,9 @@ def plot_accuracy_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> 
         ax.set_xticks(sorted({int(r["depth"]) for r in rows}))
         ax.axhline(10, color="grey", linestyle=":", linewidth=0.8)  # chance on 10 classes
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize="x-small", loc="lower left")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    axes.flat[0].legend(fontsize="x-small", loc="lower left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -535,8 +543,8 @@ def plot_grad_norms_per_depth(
     for depth in sorted({r["depth"] for r in results}):
         rs = [r for r in results if r["depth"] == depth]
         panels = _panels(rs)
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), sharey=True, squeeze=False)
-        for ax, (norm, init) in zip(axes[0], panels):
+        fig, axes = _grid(plt, panels, (5.0, 3.6))
+        for ax, (norm, init) in zip(axes.flat, panels):
             curves: dict[str, list[float]] = {}
             styles: dict[str, dict[str, Any]] = {}
             ends: list[int] = []
