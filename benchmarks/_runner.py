@@ -2,9 +2,16 @@
 
 The training loop is zoo's; the harness adds what a benchmark run needs through callbacks: tqdm progress with ETA,
 per-epoch `metrics.jsonl`, W&B logging, a checkpoint after every epoch (with the trainer state, so `--resume`
-continues mid-run) and Ctrl-C handling. Each run owns a folder: `metrics.jsonl`, `noise_audit.json`, `checkpoint/`,
-and `result.json` (written last: a run with it is finished and is skipped on `--resume`). The test metric reported
-is the one of the exit chosen on the validation split; the test split is never used to choose anything.
+continues mid-run) and Ctrl-C handling. Each run owns a folder: `metrics.jsonl`, `noise_audit.json` (and
+`noise_audit_val.json` under the noisy-validation protocol), `checkpoint/`, and `result.json` (written last: a run
+with it is finished and is skipped on `--resume`).
+
+One selection rule for every method (`zoo.selection.SelectBest`, DESIGN.md "How two methods are compared"): the run
+keeps the (epoch, exit) with the best validation metric (BP: its one exit, i.e. early stopping), and the headline
+test metric (`metric`, `per_block`) is read there; `final_*` is the last epoch with its exit chosen on validation.
+The final checkpoint holds the selected weights. The test split is never used to choose anything. The grow bench's
+variants (`spec.variant`) report the final view for every variant alike: progressive growth changes the model's
+layout between epochs, which restoring an earlier epoch's weights would not undo.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from torch.utils.data import DataLoader
 
 import datasets
 from zoo.checkpoints import load_training_state, resume_trainer, save_checkpoint
+from zoo.errors import UserError
 from zoo.runtime import PeakMemory, resolve_device
+from zoo.selection import SelectBest, Selection
 from zoo.train import Callback, NonFiniteLossError, TrainConfig, Trainer, TrainingStopped, seed_everything
 
 from ._growth import GrowthCallback, make_model
@@ -68,11 +77,18 @@ class RunSpec:
     seed: int
     noise_rate: float
     variant: str = ""  # grow bench: progressive | all_at_once | extended | scratch (benchmarks/_growth.py)
+    val_noise: bool = False  # noisy-validation protocol (`--val-noise`): validation labels noisy like training's
 
     @property
     def key(self) -> str:
         key = f"{self.model.replace('/', '_')}-{self.method}-noise{self.noise_rate:g}-seed{self.seed}"
+        key += "-valnoisy" if self.val_noise else ""
         return f"{key}-{self.variant}" if self.variant else key
+
+    @property
+    def val_protocol(self) -> str:
+        """`clean` (a trusted validation set) or `noisy` (validation labels noisy like the training labels)."""
+        return "noisy" if self.val_noise else "clean"
 
 
 def train_config(cfg: RunConfig) -> TrainConfig:
@@ -198,11 +214,18 @@ def train_one(
     done = run_dir / "result.json"
     if done.exists():
         log(f"{position}{spec.key}: finished earlier, reusing {done}")
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if "selected_epoch" not in result:
+            raise UserError(f"{done} was written before runs selected their (epoch, exit) on validation; its "
+                            "figures are not comparable with new rows: rerun without --resume")  # fmt: skip
+        return result
     device = resolve_device(cfg.device)
     train_ds, val_ds, test_ds, audit = build_datasets(cfg, spec.seed, spec.noise_rate)
     if audit is not None:
         datasets.noise.save_audit(audit, run_dir / "noise_audit.json")
+    val_audit = getattr(val_ds, "noise_audit", None)
+    if val_audit is not None:
+        datasets.noise.save_audit(val_audit, run_dir / "noise_audit_val.json")
     seed_everything(spec.seed)
     model, grown_meta = make_model(cfg, spec.model, spec.method, spec.variant)
     source = EpochBatches(train_ds, cfg.batch_size, spec.seed)
@@ -219,8 +242,15 @@ def train_one(
     ckpt = run_dir / "checkpoint"
     grow_at = cfg.opt("grow_at") if spec.variant == "progressive" else None
     schedule = GrowthCallback(grow_at, cfg.opt("freeze_overtaken"))
+    sel = None if spec.variant else SelectBest()  # the grow bench reports every variant's final view (docstring)
     if (ckpt / "training_state.pt").exists():
-        schedule.apply(trainer, int(load_training_state(ckpt)["epoch"]))  # the layout its optimizers were built for
+        state = load_training_state(ckpt)
+        if sel is not None:
+            if "selection" not in state:
+                raise UserError(f"{ckpt} was saved before runs selected their (epoch, exit) on validation and "
+                                "holds no selection to resume: rerun without --resume")  # fmt: skip
+            sel.load_state_dict(state["selection"])
+        schedule.apply(trainer, int(state["epoch"]))  # the layout its optimizers were built for
         resume_trainer(trainer, ckpt)
         log(f"{position}{spec.key}: resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
     metrics_path = run_dir / "metrics.jsonl"
@@ -237,11 +267,16 @@ def train_one(
         meta = {"dataset": cfg.dataset, "noise_rate": spec.noise_rate, "noise_kind": cfg.opt("noise_kind")}
         meta.update(config_hash=cfg.config_hash(), budget=cfg.budget, recipe=cfg.recipe())
         meta.update(seed=spec.seed, step=trainer.step, epoch=trainer.epoch, **grown_meta, **(extra or {}))
-        save_checkpoint(model, ckpt, metadata=meta, trainer_state=None if final else trainer.state_dict())
+        meta.update(val_protocol=spec.val_protocol)
+        state = None if final else trainer.state_dict()
+        if state is not None and sel is not None:
+            state["selection"] = sel.state_dict()  # the selected epoch's weights: a resumed run keeps its choice
+        save_checkpoint(model, ckpt, metadata=meta, trainer_state=state)
 
     progress = _Progress(total, f"{position}{spec.key}") if cfg.progress else None
     callbacks = [
         schedule,  # first: the records it completes and the layout the checkpoint saves
+        *([sel] if sel is not None else []),  # before the checkpoint, which saves the epoch's selection with it
         _Record(metrics_path, wb),
         _Checkpoint(save, cfg.checkpoint),
         _StopOnRequest(cfg.interrupt_after_steps),
@@ -265,11 +300,18 @@ def train_one(
     peak = mem.peak_mb()
     wall = time.perf_counter() - t0
 
-    best = int(model.best_block)
-    # the last epoch's validation ran on the final weights and left their recalibrated BatchNorm statistics (also
-    # in a resumed run's checkpoint, saved after it): the test below uses them, with no second pass over val
-    val_per_block = trainer.history[-1]["val_per_block"]
-    test = trainer.evaluate(eval_loader(test_ds, cfg.batch_size), adaptive=spec.method != "bp")  # same BN stats
+    # every epoch's validation left the BatchNorm statistics recalibrated for that epoch's weights, and both the
+    # selected copy and the final weights carry them (a resumed run's too, saved after it): the test below uses
+    # them, with no second pass over the training images
+    test_loader = eval_loader(test_ds, cfg.batch_size)
+    adaptive = spec.method != "bp"
+    last = trainer.history[-1]
+    if sel is not None:
+        test, final = sel.evaluate(trainer, test_loader, adaptive=adaptive)  # the model ends at the selected point
+        chosen, at_end = sel.selected, sel.final
+    else:
+        test = final = trainer.evaluate(test_loader, adaptive=adaptive)
+        chosen = at_end = Selection(int(last["epoch"]), int(model.best_block), last["val_per_block"][model.best_block])
     times = trainer.step_times[2:] or trainer.step_times  # the first steps warm caches up
     step_s = statistics.median(times) if times else float("nan")
     result = {
@@ -278,14 +320,25 @@ def train_one(
         "seed": spec.seed,
         "noise_rate": spec.noise_rate,
         "metric_name": test.metric_name,
+        "val_protocol": spec.val_protocol,
+        # the headline: test at the (epoch, exit) selected on validation
         "metric": test.best,
-        "best_block": best + 1,
+        "best_block": chosen.exit + 1,
+        "selected_epoch": chosen.epoch,
         "num_blocks": model.num_blocks,
-        "val_best": val_per_block[best],
+        "val_best": chosen.val_metric,
         "per_block": test.per_block,
         "last": test.last,
         "adaptive": test.adaptive,
         "adaptive_depth": test.adaptive_depth,
+        # the last epoch, its exit chosen on validation at that epoch
+        "final_metric": final.best,
+        "final_block": at_end.exit + 1,
+        "final_epoch": at_end.epoch,
+        "final_val": at_end.val_metric,
+        "final_per_block": final.per_block,
+        "final_last": final.last,
+        "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
         "step_ms": 1000 * step_s,
         "samples_per_s": cfg.batch_size / step_s if step_s and not math.isnan(step_s) else float("nan"),
@@ -304,11 +357,14 @@ def train_one(
         "wall_s": wall,  # this session's fit: training and per-epoch validation
         "history": trainer.history,
     }
-    save(final=True, extra={"metrics": {k: result[k] for k in ("metric", "best_block", "per_block", "adaptive")}})
-    summary = {k: v for k, v in result.items() if k not in ("history", "per_block")}
+    # the weights saved are the selected ones (the model holds them): a published checkpoint is what the row reports
+    metrics = {k: result[k] for k in ("metric", "best_block", "per_block", "adaptive", "final_metric", "final_block")}
+    save(final=True, extra={"metrics": metrics, "selected_epoch": chosen.epoch, "final_epoch": at_end.epoch})
+    summary = {k: v for k, v in result.items() if k not in ("history", "per_block", "final_per_block")}
     wb.summary(summary)
-    cols = ["block", f"test_{test.metric_name}", "chosen_on_val"]
-    wb.table("results", cols, [[k + 1, v, k == best] for k, v in enumerate(test.per_block)])
+    cols = ["block", f"test_{test.metric_name}", f"final_test_{test.metric_name}", "chosen_on_val"]
+    rows = [[k + 1, v, f, k == chosen.exit] for k, (v, f) in enumerate(zip(test.per_block, final.per_block))]
+    wb.table("results", cols, rows)
     wb.artifact(ckpt, f"ckpt-{spec.key}".replace("=", "_"), "model", metadata=summary)
     wandb_dir = wb.dir
     result["wandb_dir"] = str(Path(wandb_dir).parent) if wandb_dir else None

@@ -1,10 +1,14 @@
 """Accuracy bench: train each method on the same backbone, data and budget; compare on the test split.
 
 Build (one run per model × method × seed × noise rate) → run (`_runner.train_one`) → rows (mean ± std over seeds,
-one row per model × method × noise rate) → `leaderboards/accuracy_<task>_<dataset>.csv`. The reported metric is the
-test metric of the exit chosen on validation; each block's test metric, the adaptive exit's metric and mean depth,
-median step time, samples/s and peak memory come with it. Beside the leaderboard (`sidecars`): every run's learning
-curve (`curves_<task>_<dataset>.csv`) and, for noisy runs, the noise audit (`<leaderboard>_audit.csv`).
+one row per model × method × noise rate) → `leaderboards/accuracy_<task>_<dataset>.csv`. The reported metric
+(`metric_*`) is the test metric at the (epoch, exit) each run selected on validation (BP: early stopping; see
+`_runner`); `final_*` is the last epoch's, its exit chosen on validation. Per seed, a row keeps the selected epoch and
+exit, and every exit's test metric at both points, so any exit can be paired against BP. The adaptive exit's metric
+and mean depth, median step time, samples/s, peak memory and the threads each run used come with it. `val_protocol`
+says whether validation labels were clean or noisy like the training labels (`--val-noise`). Beside the leaderboard
+(`sidecars`): every run's learning curve (`curves_<task>_<dataset>.csv`) and, for noisy runs, the noise audit of the
+training (and noisy validation) labels (`<leaderboard>_audit.csv`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ COLUMNS = (
     "config_hash",
     "noise_kind",
     "noise_rate",
+    "val_protocol",
     "seeds",
     "metric",
     "metric_mean",
@@ -45,7 +50,14 @@ COLUMNS = (
     "metric_per_seed",
     "last_mean",
     "best_block",
+    "selected_epoch",
     "per_block_mean",
+    "per_block_per_seed",
+    "final_mean",
+    "final_std",
+    "final_per_seed",
+    "final_block",
+    "final_per_block_per_seed",
     "adaptive_mean",
     "adaptive_depth",
     "params",
@@ -53,6 +65,7 @@ COLUMNS = (
     "samples_per_s",
     "peak_mem_mb",
     "mem_kind",
+    "threads",
     *ENV_COLUMNS,
     "run_id",
 )
@@ -88,8 +101,13 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
-def _join(values: Sequence[Any], fmt: str = "{:.2f}") -> str:
-    return ";".join("-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v)) for v in values)
+def _join(values: Sequence[Any], fmt: str = "{:.2f}", sep: str = ";") -> str:
+    return sep.join("-" if v is None else (fmt.format(v) if isinstance(v, float) else str(v)) for v in values)
+
+
+def _blocks_per_seed(per_seed: Sequence[Sequence[float | None]]) -> str:
+    """Every exit's metric per seed: seeds separated by `;` (in the order of `seeds`), exits by `/`."""
+    return ";".join(_join(blocks, "{:.4f}", "/") for blocks in per_seed)
 
 
 def noise_rates(cfg: RunConfig) -> list[float]:
@@ -99,8 +117,9 @@ def noise_rates(cfg: RunConfig) -> list[float]:
 
 def runs(cfg: RunConfig) -> list[RunSpec]:
     """Every (model, noise rate, seed, method) run, methods side by side, in the order they train."""
-    return [RunSpec(m, meth, s, r) for m in cfg.model for r in noise_rates(cfg) for s in cfg.seeds
-            for meth in cfg.methods]  # fmt: skip
+    val_noise = bool(cfg.opt("val_noise"))
+    return [RunSpec(m, meth, s, r, val_noise=val_noise) for m in cfg.model for r in noise_rates(cfg)
+            for s in cfg.seeds for meth in cfg.methods]  # fmt: skip
 
 
 def train_grid(
@@ -120,8 +139,9 @@ def train_grid(
         res = train_one(cfg, spec, run_dir / "runs" / spec.key, group=run_id, log=log, position=position)
         blocks = " ".join("-" if v is None else f"{v:.1f}" for v in res["per_block"])
         log(
-            f"{position}{spec.key}: test {res['metric_name']} {res['metric']:.2f} (block {res['best_block']} chosen "
-            f"on val) | per block {blocks} | {res['step_ms']:.0f} ms/step | peak {res['peak_mem_mb']:.0f} MB"
+            f"{position}{spec.key}: test {res['metric_name']} {res['metric']:.2f} (epoch {res['selected_epoch']}, "
+            f"block {res['best_block']}, chosen on val; last epoch {res['final_metric']:.2f}) | per block {blocks} "
+            f"| {res['step_ms']:.0f} ms/step | peak {res['peak_mem_mb']:.0f} MB"
         )
         results.append(res)
         if on_setting is not None and (i + 1) % per_setting == 0:
@@ -132,7 +152,8 @@ def train_grid(
 def rows_from_results(
     cfg: RunConfig, results: list[dict[str, Any]], env: dict[str, str], run_id: str, bench: str
 ) -> list[dict[str, Any]]:
-    """One row per (model, method, noise rate): mean ± std over seeds, per-seed values kept for paired diffs."""
+    """One row per (model, method, noise rate): mean ± std over seeds, per-seed values kept for paired diffs; the
+    `metric_*` columns at the selected (epoch, exit), `final_*` at the last epoch."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["method"], r["noise_rate"]), []).append(r)
@@ -140,6 +161,7 @@ def rows_from_results(
     for (model, method, rate), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         mean, std = _mean_std([r["metric"] for r in rs])
+        final_mean, final_std = _mean_std([r["final_metric"] for r in rs])
         nb = len(rs[0]["per_block"])
         per_block = [_mean_std([r["per_block"][k] for r in rs])[0] if rs[0]["per_block"][k] is not None else None
                      for k in range(nb)]  # fmt: skip
@@ -154,6 +176,7 @@ def rows_from_results(
                 **recipe_columns(cfg),
                 "noise_kind": cfg.opt("noise_kind"),
                 "noise_rate": float(rate),
+                "val_protocol": rs[0]["val_protocol"],
                 "seeds": _join([r["seed"] for r in rs]),
                 "metric": rs[0]["metric_name"],
                 "metric_mean": mean,
@@ -161,7 +184,14 @@ def rows_from_results(
                 "metric_per_seed": _join([r["metric"] for r in rs], "{:.4f}"),
                 "last_mean": _mean_std([r["last"] for r in rs])[0],
                 "best_block": _join([r["best_block"] for r in rs]),
+                "selected_epoch": _join([r["selected_epoch"] for r in rs]),
                 "per_block_mean": _join(per_block),
+                "per_block_per_seed": _blocks_per_seed([r["per_block"] for r in rs]),
+                "final_mean": final_mean,
+                "final_std": final_std,
+                "final_per_seed": _join([r["final_metric"] for r in rs], "{:.4f}"),
+                "final_block": _join([r["final_block"] for r in rs]),
+                "final_per_block_per_seed": _blocks_per_seed([r["final_per_block"] for r in rs]),
                 "adaptive_mean": statistics.fmean(ada) if ada else None,
                 "adaptive_depth": statistics.fmean(depth) if depth else None,
                 "params": rs[0]["params"],
@@ -169,6 +199,7 @@ def rows_from_results(
                 "samples_per_s": statistics.fmean(r["samples_per_s"] for r in rs),
                 "peak_mem_mb": max(r["peak_mem_mb"] for r in rs),
                 "mem_kind": rs[0]["mem_kind"],
+                "threads": _join([r["threads"] for r in rs]),  # per seed: what each run trained with
                 **env,
                 "run_id": run_id,
             }
@@ -178,8 +209,8 @@ def rows_from_results(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The closing table: each method next to BP on the same model and noise rate."""
-    head = ["model", "noise", "method", "metric (mean±std)", "Δ vs bp", "per block", "adaptive (depth)", "ms/step",
-            "samples/s", "peak MB"]  # fmt: skip
+    head = ["model", "noise", "method", "metric (mean±std)", "Δ vs bp", "epoch", "per block", "last epoch",
+            "adaptive (depth)", "ms/step", "samples/s", "peak MB"]  # fmt: skip
     lines = [head]
     bp = {(r["model"], r["noise_rate"]): r for r in rows if r["method"] == "bp"}
     for r in rows:
@@ -194,7 +225,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 r["method"],
                 f"{r['metric']} {r['metric_mean']:.2f} ± {r['metric_std']:.2f}",
                 delta,
+                r["selected_epoch"].replace(";", " "),
                 per_block,
+                f"{r['final_mean']:.2f} ± {r['final_std']:.2f}",
                 ada,
                 f"{r['step_ms']:.0f}",
                 f"{r['samples_per_s']:.1f}",
@@ -204,7 +237,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(out)
+    protocol = rows[0]["val_protocol"] if rows else "clean"
+    note = (f"metric: test at the (epoch, exit) selected on {protocol} validation labels (BP: early stopping); "
+            "last epoch: the final weights, exit chosen on validation")  # fmt: skip
+    return "\n".join([*out, note])
 
 
 def run(

@@ -52,10 +52,13 @@ def dataset_info(name: str) -> datasets.DatasetInfo:
 
 
 def build_datasets(cfg: RunConfig, seed: int, noise_rate: float) -> tuple[Any, Any, Any, dict | None]:
-    """Train (noisy), validation and test splits (clean), limited to train_size / eval_size images.
+    """Train (noisy), validation and test splits, limited to train_size / eval_size images.
 
     The limit is applied by the dataset before it draws label noise, so the noise rate holds over exactly the images
-    trained on; the subset is the same for every seed and method.
+    trained on; the subset is the same for every seed and method. Validation labels are clean unless the run asks
+    for the noisy-validation protocol (`--val-noise`: no trusted labels exist): then the validation split gets the
+    training noise's kind and rate, drawn from the validation split's own streams with the same seed, and audited in
+    `val.noise_audit`. The test split is always clean.
     """
     common = dict(root=cfg.data_root, image_size=cfg.img_size, seed=0)
     with user_errors():
@@ -64,6 +67,8 @@ def build_datasets(cfg: RunConfig, seed: int, noise_rate: float) -> tuple[Any, A
             train_aug=cfg.train_aug, limit=cfg.train_size, **common,
         )  # fmt: skip
         val = datasets.create_dataset(cfg.dataset, "val", limit=cfg.eval_size, **common)
+        if cfg.opt("val_noise") and noise_rate > 0:
+            datasets.add_label_noise(val, noise_rate, cfg.opt("noise_kind"), seed)
         test = datasets.create_dataset(cfg.dataset, "test", limit=cfg.eval_size, **common)
     return train, val, test, train.noise_audit
 

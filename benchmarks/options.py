@@ -51,13 +51,17 @@ class AccuracyOptions:
 
 @dataclass
 class NoiseOptions:
-    """A sweep of training-label noise rates (validation and test labels stay clean)."""
+    """A sweep of training-label noise rates; validation labels clean or, with `val_noise`, noisy alike (the test
+    labels always stay clean)."""
 
     noise_rates: list[float] = option([0.0, 0.2, 0.4, 0.6], "comma-separated training label-noise rates, each "
                                       "checked against --noise-kind and the dataset's classes before anything "
                                       "trains", kind=float, many=True, minimum=0.0, metavar="LIST")  # fmt: skip
     noise_kind: str = option("symmetric", "label noise kind: symmetric, or pair (class c -> c+1, rates below 0.5)",
                              kind=str, metavar="KIND")  # fmt: skip
+    val_noise: bool = option(False, "noisy-validation protocol (no trusted labels): the validation labels get the "
+                             "same noise kind and rate as the training labels (their own draw, audited); the test "
+                             "labels stay clean", recipe=True)  # fmt: skip
 
 
 @dataclass

@@ -8,7 +8,10 @@ their types and range-checked here: nothing is loaded, probed or downloaded, and
 repository. Names (models, datasets, methods), budgets, devices and parent checkpoints are resolved, and checked
 against each other, by `benchmarks.plan`.
 
-What a run learns is named by `recipe()` and its 12-digit `config_hash()`; every leaderboard row keeps the hash.
+The recipe a run trains with is named by `recipe()` and its 12-digit `config_hash()`: every setting that changes
+what a given model learns by a given method, but not the model and method themselves (each row names those beside
+the hash; rows of different models or methods trained on one recipe share it). Every leaderboard row keeps the hash,
+and every committed row's hash recomputes from its stored settings (tests/test_settings.py).
 """
 
 from __future__ import annotations
@@ -164,11 +167,12 @@ class Settings:
         return copy.deepcopy(out)
 
     def recipe(self) -> dict[str, Any]:
-        """Every setting that changes a trained model's result (what `config_hash` hashes): `RECIPE_KEYS` (the
-        keys hashed since the first leaderboard row; a bench without one of them hashes its default), plus any
-        option declared `recipe=True` whose value differs from its default (a new such option leaves every
-        earlier hash unchanged). Not in it: where output goes, how progress shows, the seeds (rows list them),
-        model and method (rows name them) and the timing benches' knobs."""
+        """The recipe: every setting besides the model and the method that changes a trained model's result (what
+        `config_hash` hashes): `RECIPE_KEYS` (the keys hashed since the first leaderboard row; a bench without one
+        of them hashes its default), plus any option declared `recipe=True` whose value differs from its default (a
+        new such option, e.g. the noise bench's `val_noise`, leaves every earlier hash unchanged). Not in it: where
+        output goes, how progress shows, the seeds (rows list them), model and method (rows name them) and the
+        timing benches' knobs."""
         out = {k: getattr(self, k) if hasattr(self, k) and k not in _OPTION_KEYS else self.opt(k) for k in RECIPE_KEYS}
         if self.options is not None:
             for f in dataclasses.fields(self.options):
@@ -178,7 +182,8 @@ class Settings:
         return out
 
     def config_hash(self) -> str:
-        """12 hex digits of the sha256 of `recipe()`: rows of the same recipe share it."""
+        """12 hex digits of the sha256 of `recipe()`, the recipe's hash: rows of the same recipe share it, whatever
+        their model and method (a row is identified by model, method and this hash together)."""
         text = json.dumps(self.recipe(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -2,10 +2,12 @@
 
 - `<leaderboard dir>/curves_<task>_<dataset>.csv`: one row per run × epoch (accuracy and noise benches): the
   validation metric of the best exit that epoch (`val_chosen`; BP has one exit, its last), of the last exit, the
-  final exit's training loss and the epoch's learning rate. `leaderboards.render` plots one PNG per recipe.
-- `<leaderboard>_audit.csv` (e.g. `noise_cls_digits_audit.csv`): one row per recipe × seed × noise rate, the same
-  for every model and method trained on it: how many labels (cls) or object regions (seg) flipped, against
-  `round(rate · N)`, per true class and per (true → noisy) transition.
+  final exit's training loss, the epoch's learning rate and the validation protocol (`val_protocol`: clean, or noisy
+  labels like the training ones). `leaderboards.render` plots one PNG per recipe.
+- `<leaderboard>_audit.csv` (e.g. `noise_cls_digits_audit.csv`): one row per recipe × seed × noise rate × split
+  (`train`, and `val` under the noisy-validation protocol), the same for every model and method trained on it: how
+  many labels (cls) or object regions (seg) flipped, against `round(rate · N)`, per true class and per
+  (true → noisy) transition.
 
 Both are appended like the leaderboard rows (`results.append_rows`: locked, atomic) and carry the same environment
 columns (commit, date) and run id.
@@ -26,11 +28,11 @@ __all__ = ["AUDIT_COLUMNS", "CURVE_COLUMNS", "audit_path", "audit_rows", "curve_
 
 CURVE_COLUMNS = (
     "bench", "task", "dataset", "model", "arch", "model_kwargs", "img_size", "train_size", "eval_size", "epochs",
-    "batch_size", "lr", "budget", "method", "noise_kind", "noise_rate", "seed", "epoch", "metric", "val_chosen",
-    "val_block", "val_last", "train_loss", "epoch_lr", "config_hash", *ENV_COLUMNS, "run_id",
+    "batch_size", "lr", "budget", "method", "noise_kind", "noise_rate", "val_protocol", "seed", "epoch", "metric",
+    "val_chosen", "val_block", "val_last", "train_loss", "epoch_lr", "config_hash", *ENV_COLUMNS, "run_id",
 )  # fmt: skip
 AUDIT_COLUMNS = (
-    "bench", "task", "dataset", "img_size", "train_size", "budget", "noise_kind", "noise_rate", "seed", "unit",
+    "bench", "task", "dataset", "img_size", "train_size", "budget", "noise_kind", "noise_rate", "split", "seed", "unit",
     "num_items", "num_flipped", "expected", "flips_per_class", "transitions", "images_changed", "config_hash",
     *ENV_COLUMNS, "run_id",
 )  # fmt: skip
@@ -74,7 +76,8 @@ def curve_rows(
                 "eval_size": cfg.eval_size or "all",
                 "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "budget": cfg.budget,
                 "method": r["method"], "noise_kind": cfg.opt("noise_kind"), "noise_rate": float(r["noise_rate"]),
-                "seed": r["seed"], "epoch": rec["epoch"], "metric": rec.get("metric_name"), "val_chosen": chosen,
+                "val_protocol": r.get("val_protocol", "clean"), "seed": r["seed"], "epoch": rec["epoch"],
+                "metric": rec.get("metric_name"), "val_chosen": chosen,
                 "val_block": block, "val_last": rec.get("val_last"), "train_loss": losses[-1] if losses else None,
                 "epoch_lr": rec.get("lr"), "config_hash": cfg.config_hash(), **env, "run_id": run_id,
             })  # fmt: skip
@@ -91,7 +94,8 @@ def _audit_row(
     return {
         "bench": cfg.bench, "task": cfg.task, "dataset": cfg.dataset, "img_size": cfg.img_size or "",
         "train_size": train_size, "budget": cfg.budget, "noise_kind": audit["kind"],
-        "noise_rate": float(audit["rate"]), "seed": audit["seed"], "unit": "regions" if seg else "labels",
+        "noise_rate": float(audit["rate"]), "split": audit.get("split", "train"), "seed": audit["seed"],
+        "unit": "regions" if seg else "labels",
         "num_items": n, "num_flipped": audit["num_flipped"], "expected": round(float(audit["rate"]) * n),
         "flips_per_class": ";".join(f"c{c}:{per_class[c]}" for c in classes),
         "transitions": ";".join(f"{a}>{b}:{k}" for a, b, k in audit.get("transitions", [])),
@@ -103,23 +107,25 @@ def _audit_row(
 def audit_rows(
     cfg: RunConfig, results: Iterable[dict[str, Any]], run_dir: Path, env: dict[str, str], run_id: str
 ) -> list[dict[str, Any]]:
-    """One row per (seed, noise rate) with noise, read from the runs' `noise_audit.json`; the audit is the same for
-    every model and method of the recipe, so each (config hash, seed, rate) is written once."""
+    """One row per (seed, noise rate, split) with noise, read from the runs' `noise_audit.json` (training labels) and
+    `noise_audit_val.json` (validation labels, noisy-validation protocol); the audit is the same for every model and
+    method of the recipe, so each (config hash, seed, rate, split) is written once."""
     seen: set[tuple] = set()
     rows = []
     for r in results:
-        key = (cfg.config_hash(), r["seed"], float(r["noise_rate"]))
-        if not r["noise_rate"] or key in seen:
+        if not r["noise_rate"]:
             continue
-        path = Path(run_dir) / "runs" / RunSpec(r["model"], r["method"], r["seed"], r["noise_rate"]).key
-        path = path / "noise_audit.json"
-        if not path.is_file():
-            continue
-        audit = json.loads(path.read_text())
-        if not audit.get("kind"):
-            continue
-        seen.add(key)
-        rows.append(_audit_row(cfg, audit, r["train_size"], env, run_id))
+        spec = RunSpec(r["model"], r["method"], r["seed"], r["noise_rate"], val_noise=r.get("val_protocol") == "noisy")
+        for split, name in (("train", "noise_audit.json"), ("val", "noise_audit_val.json")):
+            key = (cfg.config_hash(), r["seed"], float(r["noise_rate"]), split)
+            path = Path(run_dir) / "runs" / spec.key / name
+            if key in seen or not path.is_file():
+                continue
+            audit = json.loads(path.read_text())
+            if not audit.get("kind"):
+                continue
+            seen.add(key)
+            rows.append(_audit_row(cfg, {"split": split, **audit}, r["train_size"], env, run_id))
     return rows
 
 

@@ -1,5 +1,6 @@
 """What every leaderboard section shares: reading a board (the latest row per setup and method), number formats,
-setup names, paired differences over seeds, method order and colours, and the plotting backend."""
+setup names, paired differences over seeds (and their paired t-test, `leaderboards.stats`), method order and colours,
+and the plotting backend."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import matplotlib
 
+from .stats import PairedTest, paired, paired_ttest
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["BEGIN", "COLORS", "END", "METHOD_ORDER", "SETUP_KEYS", "TABLE_KEYS", "load_board", "paired_diff",
-           "setup_name"]  # fmt: skip
+           "paired_test", "setup_name"]  # fmt: skip
 
 BEGIN = "<!-- BEGIN GENERATED (python -m leaderboards.render) -->"
 END = "<!-- END GENERATED -->"
@@ -28,8 +31,9 @@ SETUP_KEYS = (
     "batch_size",
     "num_blocks",
 )
-# one table per setup and noise kind (each method is compared with the BP row of the same kind and rate)
-TABLE_KEYS = SETUP_KEYS + ("noise_kind",)
+# one table per setup, noise kind and validation protocol (each method is compared with the BP row of the same kind,
+# rate and protocol): clean- and noisy-validation rows select on different labels and never share a table
+TABLE_KEYS = SETUP_KEYS + ("noise_kind", "val_protocol")
 METHOD_ORDER = ("bp", "deinforeg", "greedy", "scpl")
 COLORS = {"bp": "#444444", "deinforeg": "#d62728", "greedy": "#1f77b4", "scpl": "#2ca02c"}
 
@@ -70,13 +74,22 @@ def setup_name(r: dict[str, str]) -> str:
         extras.append(f"{r['epochs']} ep")
     if r.get("noise_kind") not in (None, "", "symmetric"):
         extras.append(f"{r['noise_kind']} noise")  # symmetric is the default; other kinds get their own table
+    if r.get("val_protocol") == "noisy":
+        extras.append("noisy validation labels")  # clean validation is the default; noisy gets its own table
     return name + (f" ({', '.join(extras)})" if extras else "")
 
 
-def _per_seed(r: dict[str, str]) -> dict[str, float]:
+def _per_seed(r: dict[str, str], column: str = "metric_per_seed") -> dict[str, float]:
     seeds = (r.get("seeds") or "").split(";")
-    vals = (r.get("metric_per_seed") or "").split(";")
+    vals = (r.get(column) or "").split(";")
     return {s: float(v) for s, v in zip(seeds, vals) if s and v not in ("", "-")}
+
+
+def paired_test(row: dict[str, str], base: dict[str, str], column: str = "metric_per_seed") -> PairedTest | None:
+    """The paired t-test of (row − base) over the seeds both have, on a per-seed column (`metric_per_seed`: the
+    selected point; `final_per_seed`: the last epoch); None when no seed pairs."""
+    p = paired(_per_seed(row, column), _per_seed(base, column))
+    return paired_ttest(p) if p.seeds else None
 
 
 def paired_diff(row: dict[str, str], base: dict[str, str]) -> tuple[float, float, int] | None:

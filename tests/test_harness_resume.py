@@ -25,7 +25,9 @@ def _results(run_dir):
     out = {}
     for sub in sorted((run_dir / "runs").iterdir()):
         res = json.loads((sub / "result.json").read_text())
-        out[sub.name] = ({k: res[k] for k in ("metric", "per_block", "best_block", "adaptive", "steps", "epochs")},
+        keys = ("metric", "per_block", "best_block", "adaptive", "steps", "epochs", "selected_epoch", "val_best",
+                "final_metric", "final_block", "final_per_block")  # fmt: skip
+        out[sub.name] = ({k: res[k] for k in keys},
                          load_file(str(sub / "checkpoint" / "model.safetensors")))  # fmt: skip
     return out
 
@@ -51,6 +53,25 @@ def test_resume_reaches_the_same_final_metrics(tmp_path):
         read_rows(tmp_path / "lb_cut" / "accuracy_cls_digits.csv"),
     )
     assert [r["metric_mean"] for r in rows_a] == [r["metric_mean"] for r in rows_b]
+    assert [r["selected_epoch"] for r in rows_a] == [r["selected_epoch"] for r in rows_b]
+
+
+def test_resume_from_a_checkpoint_without_a_selection_exits_2(tmp_path, capsys):
+    """A checkpoint saved before runs selected on validation holds no selected weights: resuming it would report
+    a selection made over part of the run only, so the harness refuses (one line, exit 2)."""
+    import torch
+
+    rc, cut = _run(tmp_path, "old", ["--interrupt-after-steps", "4"])
+    assert rc == 130
+    state_path = cut / "runs" / "paper_vgg-bp-noise0-seed3" / "checkpoint" / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["selection"]["selected"][0] == 1  # epoch 1's selection was saved with the state
+    del state["selection"]
+    torch.save(state, state_path)
+    capsys.readouterr()
+    assert main(["--resume", str(cut), "--no-progress"]) == 2
+    out = capsys.readouterr()
+    assert "rerun without --resume" in out.out and "Traceback" not in out.out + out.err
 
 
 def test_non_finite_loss_stops_with_block_method_step(tmp_path, monkeypatch, capsys):

@@ -7,10 +7,16 @@ from benchmarks.results import append_rows
 from leaderboards.render import BEGIN, END, main, paired_diff
 
 
-def _row(method, rate, per_seed, per_block, step):
+def _row(method, rate, per_seed, per_block, step, protocol="clean", final=None):
     mean = sum(per_seed) / len(per_seed)
     std = (sum((v - mean) ** 2 for v in per_seed) / (len(per_seed) - 1)) ** 0.5
+    final = final or [v - 1 for v in per_seed]  # the last epoch, one point below the selected one
+    fmean = sum(final) / len(final)
     return {
+        "val_protocol": protocol, "selected_epoch": "2;3;2", "final_mean": fmean,
+        "final_std": (sum((v - fmean) ** 2 for v in final) / (len(final) - 1)) ** 0.5,
+        "final_per_seed": ";".join(f"{v:.4f}" for v in final), "final_block": "4;4;4", "threads": "1;1;2",
+        "device": "cpu" if method == "bp" else "cuda:H200",
         "bench": "noise", "task": "cls", "model": "paper_vgg", "model_kwargs": "width=0.25", "img_size": 16,
         "method": method, "num_blocks": 4, "dataset": "digits", "train_size": 512, "epochs": 3, "batch_size": 64,
         "noise_kind": "symmetric", "noise_rate": rate, "seeds": "0;1;2", "metric": "accuracy", "metric_mean": mean,
@@ -18,8 +24,8 @@ def _row(method, rate, per_seed, per_block, step):
         "per_block_mean": per_block, "last_mean": float(per_block.split(";")[-1]) - rate * 10,
         "adaptive_mean": None if method == "bp" else mean - 1, "adaptive_depth": 2.5,
         "params": 1000, "step_ms": step, "samples_per_s": 64000 / step, "peak_mem_mb": 50.0,
-        "mem_kind": "cpu_peak_rss_growth", "device": "cpu", "torch": "2.14.1", "commit": "abc", "date": "2026-01-01",
-        "run_id": "r1",
+        "mem_kind": "cpu_peak_rss_growth", "torch": "2.14.1", "commit": "abc" if method == "bp" else "def",
+        "date": "2026-01-01" if method == "bp" else "2026-01-03", "run_id": "r1",
     }  # fmt: skip
 
 
@@ -36,13 +42,20 @@ def test_render_writes_tables_and_plots(tmp_path):
     assert main(["--dir", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
     assert "Hand-written intro." in text and BEGIN in text and END in text
-    assert "| 0.4 | deinforeg | 82.33 ± 0.58 | **+4.33 ± 0.58** |" in text  # bold: beyond 2 std
-    assert "| 0.2 | deinforeg | 85.83 ± 0.58 | +0.83 ± 0.58 |" in text
+    # Δ with the paired t-test's p (differences 4, 4, 5: t = 13, 2 df); bold only at p < 0.05
+    assert "| 0.4 | deinforeg | 82.33 ± 0.58 | **+4.33 ± 0.58 (p = 0.006)** | 2 3 2 | 4 4 3 | 81.33 ± 0.58 |" in text
+    assert "| 0.2 | deinforeg | 85.83 ± 0.58 | +0.83 ± 0.58 (p = 0.130) |" in text  # t = 2.5: not significant
+    assert "| 0 | bp | 90.00 ± 1.00 |  | 2 3 2 | 4 4 3 | 89.00 ± 1.00 |" in text  # BP selected and BP final
     assert (
-        "DeInfoReg (chosen exit) beats BP at noise 0.4 (+4.33 ± 0.58); loses to BP at noise 0 (-1.67 ± 0.58); "
-        "within 2 std of BP at noise 0.2 (+0.83 ± 0.58). Its last block against BP's, by noise rate: 0: -2.00, "
-        "0.2: -2.00, 0.4: -2.00." in text
+        "DeInfoReg (selected) beats BP at noise 0.4 (+4.33 ± 0.58 (p = 0.006)); loses to BP at noise 0 "
+        "(-1.67 ± 0.58 (p = 0.038)); no significant difference from BP at noise 0.2 (+0.83 ± 0.58 (p = 0.130)) "
+        "(3 comparisons in its table). Its last block against BP's, by noise rate: 0: -2.00, 0.2: -2.00, 0.4: -2.00."
+        in text
     )
+    assert "selected on clean validation labels" in text and "(3 comparisons in this table)" in text
+    # the setup line names every commit, device and thread count of the table, and the range of dates
+    assert "devices: cpu; cuda:H200; threads per run: 1, 2;" in text
+    assert "commits abc, def; 2026-01-01 to 2026-01-03" in text
     for png in ("noise_cls_digits_noise.png", "noise_cls_digits_blocks.png", "noise_cls_digits_cost.png",
                 "throughput_cls_digits_cost.png"):  # fmt: skip
         assert (tmp_path / png).stat().st_size > 5000, png
@@ -70,22 +83,51 @@ def test_each_noise_kind_gets_its_own_table_and_bp(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "### paper_vgg (width=0.25, 16px, 3 ep)\n" in text
     assert "### paper_vgg (width=0.25, 16px, 3 ep, pair noise)\n" in text
-    assert "| 0.2 | deinforeg | 85.00 ± 1.00 | **+5.00 ± 0.00** |" in text  # against symmetric BP (80)
-    assert "| 0.2 | deinforeg | 70.00 ± 1.00 | **+10.00 ± 0.00** |" in text  # against pair BP (60)
+    assert "| 0.2 | deinforeg | 85.00 ± 1.00 | **+5.00 ± 0.00 (p < 0.001)** |" in text  # against symmetric BP (80)
+    assert "| 0.2 | deinforeg | 70.00 ± 1.00 | **+10.00 ± 0.00 (p < 0.001)** |" in text  # against pair BP (60)
     assert text.count("| 0.2 | bp |") == 2
+
+
+def test_clean_and_noisy_validation_rows_never_share_a_table(tmp_path):
+    """Rows that selected on noisy validation labels get their own table, compared with the BP of their own
+    protocol; a row written before the selection rule (no val_protocol, archive/) is captioned as such."""
+    clean = [
+        _row("bp", 0.4, [80, 81, 79], "-;-;-;80", 100.0),
+        _row("deinforeg", 0.4, [85, 86, 84], "85;80;80;80", 110.0),
+    ]
+    noisy = [_row(m, 0.4, v, b, 100.0, protocol="noisy") for m, v, b in (("bp", [60, 62, 61], "-;-;-;60"),
+             ("deinforeg", [70, 71, 69], "70;65;62;61"))]  # fmt: skip
+    append_rows(tmp_path / "noise_cls_digits.csv", clean + noisy, accuracy.COLUMNS)
+    (tmp_path / "README.md").write_text("# Leaderboards\n")
+    assert main(["--dir", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "### paper_vgg (width=0.25, 16px, 3 ep)\n" in text
+    assert "### paper_vgg (width=0.25, 16px, 3 ep, noisy validation labels)\n" in text
+    assert "| 0.4 | deinforeg | 85.00 ± 1.00 | **+5.00 ± 0.00 (p < 0.001)** |" in text  # against clean-val BP (80)
+    assert "| 0.4 | deinforeg | 70.00 ± 1.00 | **+9.00 ± 1.00 (p = 0.004)** |" in text  # against noisy-val BP (61)
+    assert "selected on noisy validation labels" in text and text.count("(1 comparison in this table)") == 2
+    old = {k: v for k, v in _row("bp", 0.0, [90, 91, 89], "-;-;-;90", 100.0).items()
+           if k in ("bench", "task", "model", "method", "noise_rate", "seeds", "metric", "metric_mean", "metric_std",
+                    "metric_per_seed", "noise_kind")}  # fmt: skip
+    append_rows(tmp_path / "old" / "noise_cls_digits.csv", [old], [*old])
+    assert main(["--dir", str(tmp_path / "old"), "--readme", str(tmp_path / "old.md")]) == 0
+    assert "rows written before the selection rule" in (tmp_path / "old.md").read_text()
 
 
 def test_audit_lists_a_noisy_label_set_once_for_models_that_share_it(tmp_path):
     append_rows(tmp_path / "noise_cls_digits.csv", [_row("bp", 0.4, [60, 61, 59], "-;-;-;60", 100.0)], accuracy.COLUMNS)
-    audit = {"noise_kind": "symmetric", "noise_rate": 0.4, "seed": 0, "unit": "labels", "num_items": 100,
-             "num_flipped": 40, "expected": 40, "flips_per_class": "c0:20;c1:20", "config_hash": "abc"}  # fmt: skip
+    audit = {"noise_kind": "symmetric", "noise_rate": 0.4, "split": "train", "seed": 0, "unit": "labels",
+             "num_items": 100, "num_flipped": 40, "expected": 40, "flips_per_class": "c0:20;c1:20",
+             "config_hash": "abc"}  # fmt: skip
     other_seed = audit | {"seed": 1, "flips_per_class": "c0:19;c1:21"}
-    append_rows(tmp_path / "noise_cls_digits_audit.csv", [audit, audit, other_seed], sidecars.AUDIT_COLUMNS)
+    val = audit | {"split": "val", "num_items": 50, "num_flipped": 20, "expected": 20}
+    append_rows(tmp_path / "noise_cls_digits_audit.csv", [audit, audit, other_seed, val], sidecars.AUDIT_COLUMNS)
     (tmp_path / "README.md").write_text("# Leaderboards\n")
     assert main(["--dir", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
-    assert text.count("| abc | symmetric | 0.4 | 0 | 40 / 40 |") == 1
-    assert text.count("| abc | symmetric | 0.4 | 1 | 40 / 40 |") == 1
+    assert text.count("| abc | train | symmetric | 0.4 | 0 | 40 / 40 |") == 1
+    assert text.count("| abc | train | symmetric | 0.4 | 1 | 40 / 40 |") == 1
+    assert text.count("| abc | val | symmetric | 0.4 | 0 | 20 / 20 | 50 labels |") == 1
 
 
 def test_paired_diff_pairs_by_seed():

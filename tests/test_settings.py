@@ -19,7 +19,9 @@ from benchmarks.run import main
 from benchmarks.settings import Settings, flag_name
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = sorted(p for p in (ROOT / "leaderboards").glob("*.csv") if not p.stem.endswith("_audit"))
+# the leaderboards and the grids archived when issue 20 changed their columns (committed rows all the same)
+BOARDS = sorted(p for d in ("", "archive/last_epoch") for p in (ROOT / "leaderboards" / d).glob("*.csv")
+                if not p.stem.endswith("_audit"))  # fmt: skip
 TINY = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "32",
         "--eval-size", "16", "--epochs", "1", "--batch-size", "16", "--wandb", "disabled", "--no-progress"]  # fmt: skip
 
@@ -36,7 +38,9 @@ def _recomputed(row: dict[str, str]) -> set[str]:
         [None, int(row["num_blocks"])], [None, int(row["img_size"]) if row["img_size"] else None],
         [None, int(row["train_size"])],
     ):  # fmt: skip
-        options = NoiseOptions(noise_kind=row["noise_kind"]) if row["bench"] == "noise" else BENCHES["accuracy"][0]()
+        noisy_val = row.get("val_protocol") == "noisy"  # --val-noise joins the hash only when set
+        options = (NoiseOptions(noise_kind=row["noise_kind"], val_noise=noisy_val) if row["bench"] == "noise"
+                   else BENCHES["accuracy"][0]())  # fmt: skip
         s = Settings(
             task=row["task"], arch=row["arch"] or None, dataset=row["dataset"], epochs=int(row["epochs"]),
             batch_size=int(row["batch_size"]), num_blocks=nb, img_size=img, train_size=n,
