@@ -468,6 +468,8 @@ def rows_from_results(
                 "mem_kind": rs[0]["mem_kind"],
                 **{k: env.get(k, "") for k in ENV_COLUMNS},
                 "run_id": run_id,
+                "budget": "",  # the harness names them (`extra`); a bare core run has no budget or settings hash
+                "config_hash": "",
                 **(extra or {}),
             }
         )
@@ -554,6 +556,8 @@ def run_rows(
                 "grad_epoch2": _joined(later or [], "{:.3e}"),
                 **{k: env.get(k, "") for k in ENV_COLUMNS},
                 "run_id": run_id,
+                "budget": "",  # the harness names them (`extra`); a bare core run has no budget or settings hash
+                "config_hash": "",
                 **(extra or {}),
             }
         )

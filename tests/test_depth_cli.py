@@ -130,3 +130,17 @@ def test_renderer_ignores_the_runs_sidecar_alone(tmp_path):
     assert depth_section(side) == ([], [])
     assert [p.name for p in render(tmp_path)] == ["README.md"]
     assert Path(tmp_path / "README.md").read_text().count("depth_cls_digits") == 0
+
+
+def test_ctrl_c_stops_after_the_step_exit_130_and_resume_finishes(tmp_path, monkeypatch):
+    from benchmarks import _runner
+
+    lb, out = tmp_path / "lb", tmp_path / "runs"
+    monkeypatch.setitem(_runner._STOP, "requested", True)  # what the harness's SIGINT handler sets
+    argv = [*TINY, "--methods", "bp", "--wandb", "disabled", "--out", str(out), "--leaderboard-dir", str(lb)]
+    assert main(argv) == 130
+    (run_dir,) = out.iterdir()
+    assert not (lb / "depth_cls_digits.csv").exists() and not list(run_dir.glob("runs/*/result.json"))
+    monkeypatch.setitem(_runner._STOP, "requested", False)
+    assert main(["--resume", str(run_dir)]) == 0
+    assert len(read_rows(lb / "depth_cls_digits.csv")) == 1
