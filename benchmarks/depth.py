@@ -650,14 +650,17 @@ def run(
     from .results import append_rows, record_rows
 
     recipe = recipe_of(cfg, run_id)
+    t0 = time.perf_counter()
     results = run_grid(runs(cfg), recipe, run_dir, log)
+    wall = time.perf_counter() - t0
     extra = {"budget": cfg.budget, "config_hash": cfg.config_hash()}
     rows = rows_from_results(results, recipe, env, run_id, extra)
     path = Path(cfg.leaderboard_dir) / f"depth_{cfg.task}_{cfg.dataset}.csv"
     append_rows(path, rows, COLUMNS)
     append_rows(path.with_name(f"{path.stem}_runs.csv"), run_rows(results, recipe, env, run_id, extra), RUN_COLUMNS)
     record_rows(cfg, run_dir, run_id, rows, log)
-    log(f"\ndepth bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s)); rows appended to {path}")
+    log(f"\ndepth bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s), {len(results)} runs, wall time "
+        f"{wall:.0f} s, finished runs reused on --resume count ~0 s); rows appended to {path}")  # fmt: skip
     log(format_table(rows))
     return rows
 
