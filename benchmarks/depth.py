@@ -12,10 +12,15 @@ so a decoupled model whose first block learns while its deep blocks starve shows
 weight-gradient norm of every layer (`zoo.diagnostics.GradNorms`) at initialisation, after a few steps and at the
 start of every epoch, and the forward signal's scale per layer at initialisation.
 
-Interface (the CLI wiring comes later): `DepthRecipe` (the shared settings) and `DepthRun` (one grid point) →
-`train_run` → result dict (also `result.json` in the run folder); `run_grid` trains many, resumably;
-`rows_from_results` → one row per (depth, norm, init, method) over seeds, columns `COLUMNS`; `render` writes the table
-and the plots (test accuracy against depth per method; gradient norm against layer per depth).
+Interface: `DepthRecipe` (the shared settings) and `DepthRun` (one grid point) → `train_run` → result dict (also
+`result.json` in the run folder); `run_grid` trains many, resumably; `rows_from_results` → one row per (depth, norm,
+init, method) over seeds, columns `COLUMNS`; `run_rows` → one row per run (`RUN_COLUMNS`: per-seed loss curve and
+gradient norms, what the leaderboard renderer plots); `render` writes the table and the plots from results.
+
+Harness (`python -m benchmarks.run --bench depth`, options `DepthOptions` in benchmarks/options.py): `prepare` fixes
+the model (`plain_cnn`) and fills the budget (`BUDGETS`: 48 epochs converged), `runs` lists every (depth, norm,
+init, seed, method) and rejects a depth the family cannot build before anything runs, `run` trains them (a finished
+run's `result.json` is reused on `--resume`) and appends to `depth_<task>_<dataset>.csv` and its `_runs.csv`.
 """
 
 from __future__ import annotations
@@ -36,15 +41,18 @@ import torch
 import datasets
 import zoo
 from zoo.diagnostics import GradNorms, activation_scales, draw_grad_norms
-from zoo.runtime import PeakMemory, resolve_device, sync
-from zoo.train import Callback, TrainConfig, Trainer, seed_everything
+from zoo.errors import UserError
+from zoo.runtime import ENV_COLUMNS, PeakMemory, resolve_device, sync
+from zoo.train import Callback, TrainConfig, Trainer, TrainingStopped, seed_everything
 
 from ._wandb import start_run
 from .build import EpochBatches, eval_loader, user_errors
 
 __all__ = [
+    "BUDGETS",
     "COLUMNS",
     "DEPTHS",
+    "RUN_COLUMNS",
     "DepthRecipe",
     "DepthRun",
     "format_table",
@@ -52,9 +60,14 @@ __all__ = [
     "plot_accuracy_vs_depth",
     "plot_grad_norms_per_depth",
     "plot_loss_curves",
+    "prepare",
+    "recipe_of",
     "render",
     "rows_from_results",
+    "run",
     "run_grid",
+    "run_rows",
+    "runs",
     "select_point",
     "train_run",
 ]
@@ -86,6 +99,8 @@ class DepthRecipe:
     threads: int | None = 1  # torch intra-op threads (None: torch's default)
     wandb: str = "disabled"  # offline | online | disabled (benchmarks/_wandb.py)
     wandb_project: str = "deinforeg-zoo"
+    wandb_group: str = "depth"  # the harness groups a grid's W&B runs by its run id
+    data_root: str | None = None  # root of real datasets (None: the embedded ones need none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +147,7 @@ def select_point(val_per_epoch: Sequence[Sequence[float | None]]) -> tuple[int, 
 
 
 def _build_data(recipe: DepthRecipe) -> tuple[Any, Any, Any]:
-    common = dict(image_size=recipe.img_size, seed=0)
+    common = dict(root=recipe.data_root, image_size=recipe.img_size, seed=0)
     with user_errors():
         if datasets.get_dataset_info(recipe.dataset).task != "cls":
             raise zoo.UserError(f"the depth bench classifies: {recipe.dataset!r} is not a classification set")
@@ -171,6 +186,15 @@ class _KeepSelected(Callback):
             self.point = point
 
 
+class _Stop(Callback):
+    """Ctrl-C under the harness (its SIGINT handler sets the flag): stop after the current step."""
+
+    def should_stop(self, trainer: Trainer) -> bool:
+        from ._runner import _STOP
+
+        return _STOP["requested"]
+
+
 def _recalibrate(model: zoo.DecoupledModel, loader: Any, device: torch.device) -> None:
     from ._runner import recalibrate_bn  # the harness's one BatchNorm recalibration
 
@@ -205,7 +229,7 @@ def train_run(
     act = activation_scales(model, probe)
 
     wb_dir = Path(run_dir) if run_dir is not None else Path("runs") / "depth" / run.key
-    wb = start_run(recipe.wandb, recipe.wandb_project, wb_dir, run.key, "depth",
+    wb = start_run(recipe.wandb, recipe.wandb_project, wb_dir, run.key, recipe.wandb_group,
                    {**recipe.to_dict(), **asdict(run)}, ["depth", "cls"], log)  # fmt: skip
 
     def evaluate(loader: Any) -> Any:
@@ -225,7 +249,14 @@ def train_run(
     keep = _KeepSelected()
     mem = PeakMemory(device).start()
     t0 = time.perf_counter()
-    trainer.fit(source, recipe.epochs, val=lambda t: evaluate(val_loader), callbacks=[grads, keep, _Log()])
+    try:
+        trainer.fit(source, recipe.epochs, val=lambda t: evaluate(val_loader), callbacks=[grads, keep, _Log(), _Stop()])
+    except TrainingStopped:
+        wb.finish(exit_code=130)
+        from ._runner import Interrupted
+
+        raise Interrupted(f"{run.key} stopped at step {trainer.step}; finished runs are kept, this one starts again "
+                          "on --resume") from None  # fmt: skip
     sync(device)
     wall = time.perf_counter() - t0
     peak = mem.peak_mb()
@@ -319,6 +350,8 @@ COLUMNS = (
     "weight_decay",
     "bn_recalib",
     "selection",
+    "budget",
+    "config_hash",
     "seeds",
     "metric",
     "metric_mean",
@@ -339,10 +372,7 @@ COLUMNS = (
     "wall_s",
     "peak_mem_mb",
     "mem_kind",
-    "device",
-    "torch",
-    "commit",
-    "date",
+    *ENV_COLUMNS,
     "run_id",
 )
 
@@ -373,10 +403,15 @@ def _deepest_loss(result: dict[str, Any]) -> float:
 
 
 def rows_from_results(
-    results: Sequence[dict[str, Any]], recipe: DepthRecipe, env: dict[str, str], run_id: str
+    results: Sequence[dict[str, Any]],
+    recipe: DepthRecipe,
+    env: dict[str, str],
+    run_id: str,
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (depth, norm, init, method): mean ± std over seeds, per-seed values kept for paired tests;
-    `exit_test_per_seed` holds every exit's test accuracy at the selected epoch (exits `:`, seeds `;`)."""
+    `exit_test_per_seed` holds every exit's test accuracy at the selected epoch (exits `:`, seeds `;`). `extra`:
+    more columns for every row (the harness's budget and config_hash)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["depth"], r["norm"], r["init"], r["method"]), []).append(r)
@@ -431,10 +466,202 @@ def rows_from_results(
                 "wall_s": statistics.fmean(r["wall_s"] for r in rs),
                 "peak_mem_mb": max(r["peak_mem_mb"] for r in rs),
                 "mem_kind": rs[0]["mem_kind"],
-                **{k: env.get(k, "") for k in ("device", "torch", "commit", "date")},
+                **{k: env.get(k, "") for k in ENV_COLUMNS},
                 "run_id": run_id,
+                "budget": "",  # the harness names them (`extra`); a bare core run has no budget or settings hash
+                "config_hash": "",
+                **(extra or {}),
             }
         )
+    return rows
+
+
+RUN_COLUMNS = (
+    "bench",
+    "task",
+    "dataset",
+    "model",
+    "depth",
+    "width",
+    "norm",
+    "init",
+    "layers_per_block",
+    "num_blocks",
+    "method",
+    "epochs",
+    "budget",
+    "config_hash",
+    "seed",
+    "metric",
+    "selected_epoch",
+    "selected_exit",
+    "test_per_exit",
+    "steps_per_epoch",
+    "train_loss_per_epoch",
+    "val_best_per_epoch",
+    "grad_init",
+    "grad_epoch2",
+    *ENV_COLUMNS,
+    "run_id",
+)
+
+
+def _joined(values: Iterable[float | None], spec: str) -> str:
+    return ";".join(_fmt(v, spec) for v in values)
+
+
+def run_rows(
+    results: Sequence[dict[str, Any]],
+    recipe: DepthRecipe,
+    env: dict[str, str],
+    run_id: str,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per run (seed): the deepest head's training loss and the best exit's validation accuracy per epoch,
+    every layer's weight-gradient norm at initialisation and at the start of epoch 2 (`;`-separated, forward order;
+    block k holds layers k·layers_per_block ...), so the renderer can draw the curves without the run folders."""
+    out = []
+    for r in sorted(results, key=lambda r: (r["depth"], r["norm"], r["init"], METHODS.index(r["method"]), r["seed"])):
+        spe = r["steps"] // max(1, r["epochs"])
+        later = _norms_at(r, spe) if r["epochs"] > 1 else None
+        vals = [max((v for v in h["val_per_block"] if v is not None), default=None) for h in r["history"]]
+        out.append(
+            {
+                "bench": "depth",
+                "task": "cls",
+                "dataset": recipe.dataset,
+                "model": "plain_cnn",
+                **{
+                    k: r[k]
+                    for k in (
+                        "depth",
+                        "norm",
+                        "init",
+                        "method",
+                        "seed",
+                        "num_blocks",
+                        "selected_epoch",
+                        "selected_exit",
+                        "metric",
+                    )
+                },  # fmt: skip
+                "width": recipe.width,
+                "layers_per_block": recipe.layers_per_block,
+                "epochs": recipe.epochs,
+                "test_per_exit": ":".join(_fmt(v) for v in r["test_per_exit"]),
+                "steps_per_epoch": spe,
+                "train_loss_per_epoch": _joined((_deepest(h) for h in r["history"]), "{:.4f}"),
+                "val_best_per_epoch": _joined(vals, "{:.2f}"),
+                "grad_init": _joined(_norms_at(r, 0) or [], "{:.3e}"),
+                "grad_epoch2": _joined(later or [], "{:.3e}"),
+                **{k: env.get(k, "") for k in ENV_COLUMNS},
+                "run_id": run_id,
+                "budget": "",  # the harness names them (`extra`); a bare core run has no budget or settings hash
+                "config_hash": "",
+                **(extra or {}),
+            }
+        )
+    return out
+
+
+def _deepest(record: dict[str, Any]) -> float:
+    return record["train_loss"][-1]
+
+
+# -- the harness: python -m benchmarks.run --bench depth -------------------------------------------------------
+MODEL = "plain_cnn"
+# what the depth bench fills when the user leaves it unset, by dataset and budget (the shape of DATASET_BUDGETS in
+# benchmarks/plan.py, and it overrides that table's values for this bench). converged: the pilot
+# (leaderboards/explore/depth/README.md) saw BP at depth 48 with BN still rising at epoch 24 and flat from about 40 of
+# a 48-epoch schedule, the decoupled methods flat by epoch 12: 48 epochs for every method. quick: minutes per depth.
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "digits": {"quick": {"epochs": 4, "img_size": 16}, "converged": {"epochs": 48, "img_size": 16}},
+}
+_ANY_DATASET = {"img_size": 16}  # a multiple of 8 (three pools) where a dataset has no depth budget
+
+
+def prepare(cfg: Any, given: set[str], note: Callable[[str, Any, str], None]) -> None:
+    """Fix the model, default the methods to bp, deinforeg and greedy, fill the depth budget; reject the settings
+    this bench does not take (benchmarks.plan calls this before the runs are listed)."""
+    if cfg.task != "cls":
+        raise UserError(f"--bench depth classifies: --task {cfg.task} is not possible (use --task cls)")
+    if "model" in given and cfg.model != [MODEL]:
+        raise UserError(f"--bench depth trains {MODEL} (shaped by --depths, --width, --layers-per-block); leave "
+                        f"--model {','.join(cfg.model)} out")  # fmt: skip
+    for key, why in (("model_kwargs", "--depths, --norms, --inits, --width and --layers-per-block shape the model"),
+                     ("num_blocks", "--layers-per-block sets the blocks (K = depth / layers per block)"),
+                     ("train_aug", "the depth bench trains without augmentation")):  # fmt: skip
+        if key in given:
+            raise UserError(f"--{key.replace('_', '-')} is not for --bench depth: {why}")
+    if cfg.model != [MODEL]:
+        cfg.model = [MODEL]
+        note("model", MODEL, "--bench depth")
+    if "methods" not in given:
+        cfg.methods = list(METHODS)
+        note("methods", cfg.methods, "--bench depth's default")
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise UserError(f"--methods {m}: the depth bench compares {', '.join(METHODS)}")
+    source = f"the depth bench's budget {cfg.budget} of {cfg.dataset} (benchmarks/depth.py BUDGETS)"
+    for key, value in {**_ANY_DATASET, **BUDGETS.get(cfg.dataset, {}).get(cfg.budget, {})}.items():
+        if key in given:
+            continue
+        cfg.derived[:] = [d for d in cfg.derived if d["setting"] != key]  # the dataset's budget: superseded
+        setattr(cfg, key, value)
+        note(key, value, source)
+
+
+def runs(cfg: Any) -> list[DepthRun]:
+    """Every (depth, norm, init, seed, method), methods innermost; a depth the family cannot build or a block size
+    that does not divide a depth is a UserError here, before anything runs."""
+    from zoo.models.plain import plain_layout
+
+    o = cfg.options
+    for d in dict.fromkeys(o.depths):
+        try:
+            plain_layout(d)
+        except UserError as e:
+            raise UserError(f"--depths {d}: {e}") from None
+        try:
+            plain_layout(d, o.layers_per_block)
+        except UserError as e:
+            raise UserError(f"--layers-per-block {o.layers_per_block}: {e}") from None
+    uniq = [list(dict.fromkeys(v)) for v in (o.depths, o.norms, o.inits, cfg.methods, cfg.seeds)]
+    return grid(*uniq)
+
+
+def recipe_of(cfg: Any, group: str = "depth") -> DepthRecipe:
+    """The core's recipe from the harness's resolved settings (W&B runs grouped by `group`, the run id)."""
+    o = cfg.options
+    return DepthRecipe(
+        dataset=cfg.dataset, width=o.width, layers_per_block=o.layers_per_block, img_size=cfg.img_size,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, train_size=cfg.train_size, eval_size=cfg.eval_size, bn_recalib=cfg.bn_recalib,
+        grad_steps=tuple(o.grad_steps), device=cfg.device, threads=cfg.threads, wandb=cfg.wandb,
+        wandb_project=cfg.wandb_project, wandb_group=group, data_root=cfg.data_root,
+    )  # fmt: skip
+
+
+def run(
+    cfg: Any, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Train the grid (finished runs reused), append one row per setting and method to `depth_<task>_<dataset>.csv`
+    and one per run to its `_runs.csv`; print the table."""
+    from .results import append_rows, record_rows
+
+    recipe = recipe_of(cfg, run_id)
+    t0 = time.perf_counter()
+    results = run_grid(runs(cfg), recipe, run_dir, log)
+    wall = time.perf_counter() - t0
+    extra = {"budget": cfg.budget, "config_hash": cfg.config_hash()}
+    rows = rows_from_results(results, recipe, env, run_id, extra)
+    path = Path(cfg.leaderboard_dir) / f"depth_{cfg.task}_{cfg.dataset}.csv"
+    append_rows(path, rows, COLUMNS)
+    append_rows(path.with_name(f"{path.stem}_runs.csv"), run_rows(results, recipe, env, run_id, extra), RUN_COLUMNS)
+    record_rows(cfg, run_dir, run_id, rows, log)
+    log(f"\ndepth bench, {cfg.task} on {cfg.dataset} ({len(cfg.seeds)} seed(s), {len(results)} runs, wall time "
+        f"{wall:.0f} s, finished runs reused on --resume count ~0 s); rows appended to {path}")  # fmt: skip
+    log(format_table(rows))
     return rows
 
 

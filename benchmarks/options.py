@@ -28,6 +28,7 @@ __all__ = [
     "ENGINE_ORDER",
     "AccuracyOptions",
     "Bench",
+    "DepthOptions",
     "GrowOptions",
     "NoiseOptions",
     "PipelineOptions",
@@ -115,6 +116,24 @@ class GrowOptions:
                                           kind=str, many=True, repeat=True, metavar="SPEC")  # fmt: skip
 
 
+@dataclass
+class DepthOptions:
+    """Plain CNNs of growing depth (`plain_cnn`: no residuals), BP against decoupled methods (benchmarks/depth.py);
+    depths, norms and inits are grid axes (rows name them), width and block size change what every run learns."""
+
+    depths: list[int] = option([8, 16, 32, 48], "conv layers of the plain CNN (each a multiple of 4)", kind=int,
+                               many=True, minimum=4, metavar="LIST")  # fmt: skip
+    norms: list[str] = option(["none", "bn"], "BatchNorm after each conv or not", kind=str, many=True,
+                              choices=("none", "bn"), metavar="LIST")  # fmt: skip
+    inits: list[str] = option(["default", "kaiming"], "conv weight initialisation: PyTorch's or He's (fan-in, ReLU)",
+                              kind=str, many=True, choices=("default", "kaiming"), metavar="LIST")  # fmt: skip
+    width: int = option(16, "channels of every conv layer", kind=int, minimum=1, metavar="C", recipe=True)
+    layers_per_block: int = option(4, "conv layers per decoupled block (K = depth / this; must divide every depth)",
+                                   kind=int, minimum=1, metavar="N", recipe=True)  # fmt: skip
+    grad_steps: list[int] = option([0, 1, 2, 4, 8], "training steps whose per-layer gradient norms are kept (and "
+                                   "each epoch's first)", kind=int, many=True, minimum=0, metavar="LIST")  # fmt: skip
+
+
 class Bench(NamedTuple):
     options: type  # the options dataclass
     help: str  # one line for --help
@@ -127,6 +146,7 @@ BENCHES: dict[str, Bench] = {
     "throughput": Bench(ThroughputOptions, "one training step per method, one device", False),
     "pipeline": Bench(PipelineOptions, "one process per stage (multi-device)", False),
     "grow": Bench(GrowOptions, "grown models against all blocks at once", True),
+    "depth": Bench(DepthOptions, "plain CNNs of growing depth: does decoupling rescue them?", True),
 }
 
 
