@@ -7,7 +7,8 @@ start of epoch 2). Per recipe (config hash): a table with each method's paired d
 `<stem>_accuracy.png` (test accuracy against depth per method, the deepest exit dashed),
 `<stem>_grad_norms_depth<D>.png` (one per depth: the vanishing-gradient picture) and `<stem>_loss_curves.png`
 (the seed-to-seed spread of the training loss). More than one recipe in a file: the hash joins the plot names.
-Reads CSVs only.
+Reads CSVs only; `render_depth` draws the same table and plots into one folder from rows held as text (what
+benchmarks/depth.py `render` hands over for a run that has not been appended to a board).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from ._common import COLORS, _f, _method_key, plt
 from .stats import format_delta, paired, paired_ttest
 
-__all__ = ["depth_section"]
+__all__ = ["depth_section", "depth_table", "render_depth"]
 
 NORMS = ("none", "bn")
 INITS = ("default", "kaiming")
@@ -88,6 +89,11 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
             f"| {'-' if ratio is None else f'{ratio:.1e}'} | {_f(r.get('step_ms')) or 0:.0f} |"
         )
     return out
+
+
+def depth_table(rows: list[dict[str, str]]) -> str:
+    """The Markdown table of `depth_section` (with its note on Δ vs bp), one string."""
+    return "\n".join(_table(rows))
 
 
 def _save(fig, path: Path) -> Path:
@@ -216,3 +222,16 @@ def depth_section(path: Path) -> tuple[list[str], list[Path]]:
             pngs.append(p)
             md += [f"![{stem} loss curves]({p.name})", ""]
     return md, pngs
+
+
+def render_depth(rows: list[dict[str, str]], runs: list[dict[str, str]], out_dir: str | Path) -> list[Path]:
+    """`table.md`, `accuracy_vs_depth.png`, `loss_curves.png` and one `grad_norms_depth<D>.png` per depth of one
+    recipe's rows (`COLUMNS` of benchmarks/_depth_rows.py) and run rows (`RUN_COLUMNS`), as a board's CSV holds them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "table.md"
+    table.write_text(depth_table(rows) + "\n")
+    paths = [table, _plot_accuracy(rows, out / "accuracy_vs_depth.png"), _plot_losses(runs, out / "loss_curves.png")]
+    for d in sorted({r["depth"] for r in runs}, key=int):
+        paths.append(_plot_grads(runs, d, out / f"grad_norms_depth{d}.png"))
+    return paths

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import depth
+from benchmarks import _depth_core, depth
 from benchmarks.results import environment
 
 RECIPE = depth.DepthRecipe(width=4, img_size=8, epochs=3, batch_size=16, train_size=64, eval_size=32)
@@ -23,7 +23,7 @@ def test_select_point_best_val_ties_to_earlier_epoch_then_exit() -> None:
 
 @pytest.fixture(scope="module")
 def data():
-    return depth._build_data(RECIPE)
+    return _depth_core._build_data(RECIPE)
 
 
 def test_corrupting_test_labels_changes_no_selection(data) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import depth
+from benchmarks import _depth_core, depth
 from benchmarks.plan import derived_lines
 from benchmarks.results import read_rows
 from benchmarks.run import config_from_args, main
@@ -84,7 +84,7 @@ class _Recorder:
 
 
 def test_tiny_run_writes_rows_wandb_grad_norms_resumes_and_renders(tmp_path, monkeypatch):
-    monkeypatch.setattr(depth, "start_run", _Recorder)
+    monkeypatch.setattr(_depth_core, "start_run", _Recorder)
     _Recorder.logged = []
     lb, out = tmp_path / "lb", tmp_path / "runs"
     argv = [*TINY, "--methods", "bp,deinforeg", "--seeds", "0,1", "--out", str(out), "--leaderboard-dir", str(lb)]
