@@ -17,7 +17,8 @@ from ._depth_core import METHODS, DepthRecipe
 
 __all__ = ["COLUMNS", "RUN_COLUMNS", "grad_ratio", "rows_from_results", "run_rows"]
 
-COLUMNS = (
+# what names one grid setting and method, the first columns of both boards
+_SETTING_COLUMNS = (
     "bench",
     "task",
     "dataset",
@@ -29,6 +30,9 @@ COLUMNS = (
     "layers_per_block",
     "num_blocks",
     "method",
+)
+COLUMNS = (
+    *_SETTING_COLUMNS,
     "img_size",
     "train_size",
     "epochs",
@@ -172,17 +176,7 @@ def rows_from_results(
 
 
 RUN_COLUMNS = (
-    "bench",
-    "task",
-    "dataset",
-    "model",
-    "depth",
-    "width",
-    "norm",
-    "init",
-    "layers_per_block",
-    "num_blocks",
-    "method",
+    *_SETTING_COLUMNS,
     "epochs",
     "budget",
     "config_hash",
