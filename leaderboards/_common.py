@@ -110,9 +110,14 @@ def _group(rows: list[dict[str, str]]) -> dict[tuple, list[dict[str, str]]]:
     return groups
 
 
-def _finish(fig, legend_ax, path: Path) -> Path:
-    legend_ax.legend(fontsize=8)
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure (pyplot keeps every open figure alive otherwise)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def _finish(fig, legend_ax, path: Path) -> Path:
+    legend_ax.legend(fontsize=8)
+    return _save(fig, path)

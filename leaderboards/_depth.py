@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ._common import COLORS, _f, _method_key, plt
+from ._common import COLORS, _f, _method_key, _save, plt
 from .stats import format_delta, paired, paired_ttest
 
 __all__ = ["depth_section", "depth_table", "render_depth"]
@@ -96,13 +96,6 @@ def depth_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(_table(rows))
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def _plot_accuracy(rows: list[dict[str, str]], path: Path) -> Path:
     panels = _panels(rows)
     fig, axes = _figure(panels, (4.4, 3.4))
@@ -123,7 +116,7 @@ def _plot_accuracy(rows: list[dict[str, str]], path: Path) -> Path:
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
     axes.flat[0].legend(fontsize="x-small", loc="lower left")
-    return _save(fig, path)
+    return _save(fig, path, dpi=100)
 
 
 def _geo_mean(columns: list[list[float]]) -> list[float]:
@@ -158,7 +151,7 @@ def _plot_grads(runs: list[dict[str, str]], depth: str, path: Path) -> Path:
         ax.legend(fontsize="x-small")
     for ax in axes[:, 0]:
         ax.set_ylabel("weight-gradient norm")
-    return _save(fig, path)
+    return _save(fig, path, dpi=100)
 
 
 def _plot_losses(runs: list[dict[str, str]], path: Path) -> Path:
@@ -187,7 +180,7 @@ def _plot_losses(runs: list[dict[str, str]], path: Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     axes[0][-1].legend(fontsize="x-small")
-    return _save(fig, path)
+    return _save(fig, path, dpi=100)
 
 
 def depth_section(path: Path) -> tuple[list[str], list[Path]]:
