@@ -35,7 +35,8 @@ def _batch(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     [
         ({"num_blocks": 2}, ["StageGroup", "SegDecoder"]),
         ({"num_blocks": 3}, ["StageGroup", "StageGroup", "SegDecoder"]),
-        ({}, ["Sequential"] * 5 + ["SegDecoder"]),
+        ({}, ["StageGroup", "SegDecoder"]),  # the default: K = 2
+        ({"num_blocks": 6}, ["Sequential"] * 5 + ["SegDecoder"]),  # the first layout
         ({"block_units": [1, 4, 1]}, ["Sequential", "StageGroup", "SegDecoder"]),
     ],
 )
@@ -53,7 +54,7 @@ def test_split_equals_whole(kw, bodies) -> None:
 
 def test_infopro_cut_at_two_blocks() -> None:
     """K = 2 on ResNet: stem, layer1, layer2 | layer3, layer4, decoder; the first block hands on 3 features."""
-    model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG, num_blocks=2)
+    model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG, num_blocks=2, head="pointwise")
     first, dec = model.blocks[0], model.blocks[1]
     assert first.num_outputs == 3 and len(dec.body.stages) == 2
     assert model.config["num_blocks"] == 2 and "block_units" not in model.config
@@ -137,7 +138,9 @@ def test_bad_groupings_and_head_options(kw, match) -> None:
 def test_bad_head_option_refused_under_bp_too() -> None:
     """bp builds no local head, but the same flags must mean the same model for every method of a grid."""
     with pytest.raises(UserError, match="takes no keyword recon"):
-        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, recon=0.1)
+        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, head="pointwise", recon=0.1)
+    with pytest.raises(UserError, match="no keyword hidden_dim"):  # the default head is decoding
+        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, hidden_dim=8)
     model = smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, num_blocks=2, head="decoding")
     assert model.blocks[0].head is None
 
