@@ -163,3 +163,33 @@ def test_pipeline_two_stages_at_two_blocks_equals_single_process() -> None:
         torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
     # x (3·32²) and the 3 features (64·16², 64·8², 128·4²) of 4 samples in float32, then the labels
     assert result.stages[0]["bytes_sent_per_step"] >= 4 * 4 * (3 * 32 * 32 + 64 * 256 + 64 * 64 + 128 * 16)
+
+
+def test_profile_and_choose_seg_cuts() -> None:
+    """The partitioner profiles grouped seg blocks (Features outputs) and chooses seg cuts as for classifiers: a
+    model with one block per unit (stages + decoder) gives `units_per_block`, which is SMP's `block_units`."""
+    from zoo.pipeline import choose_blocks, profile_units
+
+    kw = dict(num_classes=C, img_size=32, encoder_depth=3, decoder_channels=(16, 8, 8))
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, C, (2, 32, 32))
+    grouped = smp_adapter.create("resnet18", num_blocks=2, **kw)
+    prof = profile_units(grouped, x, y, repeats=1)
+    # block 0 (stem, layer1 | layer2 + decoder) hands on x and its 2 stage features (64·16², 64·8²), float32
+    assert grouped.blocks[0].num_outputs == 2
+    assert len(prof) == 2 and prof[0].out_bytes == 4 * 2 * (3 * 32 * 32 + 64 * 256 + 64 * 64)
+    natural = smp_adapter.create("resnet18", num_blocks=4, **kw)
+    cuts, _ = choose_blocks(natural, x, y, stages=2, repeats=1)
+    assert len(cuts.units_per_block) == 2 and sum(cuts.units_per_block) == 4
+    chosen = smp_adapter.create("resnet18", block_units=cuts.units_per_block, **kw)
+    assert chosen.num_blocks == 2 and chosen.config["block_units"] == cuts.units_per_block
+
+
+@pytest.mark.dist
+def test_pipeline_partitions_a_grouped_seg_model_itself() -> None:
+    """No `partition` given: stage 0 profiles the K = 2 blocks (Features outputs) and splits them over 2 stages."""
+    from zoo.pipeline import launch, synthetic_batches
+
+    builder = functools.partial(zoo.create_model, "resnet18", task="seg", num_classes=C, img_size=32, num_blocks=2)
+    batches = synthetic_batches(4, 3, img_size=32, num_classes=C, task="seg")
+    result = launch(tiny(steps=2, partition=None), builder, batches)
+    assert result.partition == [1, 1] and len(result.stages) == 2
