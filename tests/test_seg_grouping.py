@@ -193,3 +193,18 @@ def test_pipeline_partitions_a_grouped_seg_model_itself() -> None:
     batches = synthetic_batches(4, 3, img_size=32, num_classes=C, task="seg")
     result = launch(tiny(steps=2, partition=None), builder, batches)
     assert result.partition == [1, 1] and len(result.stages) == 2
+
+
+@pytest.mark.dist
+def test_bp_over_torch_pipelining_on_a_grouped_seg_model() -> None:
+    """GPipe sends flat tensors: block 0's 3 stage features travel as members and are rebuilt on stage 1."""
+    from zoo.pipeline import launch, synthetic_batches
+
+    builder = functools.partial(zoo.create_model, "resnet18", task="seg", num_classes=C, img_size=32, num_blocks=2)
+    batches = synthetic_batches(4, 3, img_size=32, num_classes=C, task="seg")
+    result = launch(tiny(engine="gpipe", steps=2, micro_batches=2, partition=[1, 1]), builder, batches)
+    assert len(result.stages) == 2 and result.stages[-1]["samples_per_s"] > 0
+    # x and the 3 features of 4 samples (2 micro-batches), forward and the same bytes of gradients back
+    assert result.stages[0]["bytes_sent_per_step"] == 2 * 4 * 4 * (3 * 32 * 32 + 64 * 256 + 64 * 64 + 128 * 16)
+    out = result.model.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, C, 32, 32) and torch.isfinite(out).all()
