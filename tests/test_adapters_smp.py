@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zoo.adapters import smp as smp_adapter
-from zoo.heads import METHODS, DenseLocalHead, TaskHead
+from zoo.heads import METHODS, DecodingHead, DenseLocalHead, TaskHead
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*timm-.*deprecated")
@@ -89,15 +89,27 @@ def test_one_step_every_method(arch: str, name: str, method: str) -> None:
         assert p is None or (p.shape == (2, C, IMG, IMG) and torch.isfinite(p).all())
 
 
-def test_blocks_are_encoder_stages_plus_decoder() -> None:
+def test_default_is_two_blocks_with_decoding_heads() -> None:
+    """The default chosen on validation (leaderboards/explore/seg_sweep): K = 2, decoding head, recorded."""
     model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG)
+    assert model.num_blocks == 2 and model.config["num_blocks"] == 2
+    assert isinstance(model.blocks[0].head, DecodingHead) and model.config["head_kwargs"] == {"head": "decoding"}
+    bp = smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG)
+    assert bp.num_blocks == 2 and bp.blocks[0].head is None
+
+
+def test_blocks_are_encoder_stages_plus_decoder() -> None:
+    """The first layout stays available: one block per stage + the decoder, pointwise heads."""
+    model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG, num_blocks=6, head="pointwise")
     assert model.num_blocks == 6  # 5 encoder stages + the decoder
     assert all(isinstance(b.head, DenseLocalHead) for b in model.blocks[:-1])
     assert isinstance(model.blocks[-1].head, TaskHead) and model.blocks[-1].takes_skips
     # dense heads sized from the real channel counts
     assert [b.head.projector[0].in_channels for b in model.blocks[:-1]] == [64, 64, 128, 256, 512]
-    convnext = smp_adapter.create("tu-convnext_atto", num_classes=C, img_size=IMG)
-    assert convnext.num_blocks == 5  # the 0-channel dummy feature is no block
+    convnext = smp_adapter.create("tu-convnext_atto", num_classes=C, img_size=IMG, num_blocks=5)
+    assert (
+        convnext.num_blocks == 5 and len(convnext.blocks[-1].body.stages) == 0
+    )  # the 0-channel dummy feature is no block
 
 
 def test_local_losses_isolated() -> None:

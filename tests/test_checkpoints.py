@@ -268,3 +268,22 @@ def test_save_rejects_half_resumable(tmp_path: Path):
     with pytest.raises(ck.CheckpointError, match="float32"):
         ck.save_checkpoint(m, tmp_path / "x", trainer_state=t.state_dict(), dtype=torch.float16)
     assert ck.load_training_state(tmp_path) is None
+
+
+def test_seg_checkpoint_saved_before_head_default_rebuilds_its_layout(tmp_path: Path):
+    """A seg config that records no head (saved when pointwise was the default) rebuilds pointwise heads at its
+    stored num_blocks, not today's default (K = 2, decoding), and gives the same outputs."""
+    torch.manual_seed(0)
+    kw = dict(task="seg", num_classes=3, img_size=32, encoder_depth=3, decoder_channels=[16, 8, 8])
+    old = zoo.create_model("resnet18", num_blocks=4, head="pointwise", **kw).eval()
+    folder = ck.save_checkpoint(old, tmp_path / "old")
+    cfg = json.loads((folder / ck.CONFIG_NAME).read_text())
+    del cfg["model"]["head_kwargs"]  # as every seg checkpoint saved before the switch
+    (folder / ck.CONFIG_NAME).write_text(json.dumps(cfg))
+    loaded = ck.load_checkpoint(folder)
+    assert loaded.num_blocks == 4 and type(loaded.blocks[0].head).__name__ == "DenseLocalHead"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for a, b in zip(old.forward_blocks(x), loaded.forward_blocks(x), strict=True):
+            assert torch.equal(a, b)
+    assert zoo.create_model("resnet18", **kw).config["head_kwargs"] == {"head": "decoding"}  # new ones record it

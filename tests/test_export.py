@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import zoo
 from zoo.export import ExitNet
-from zoo.heads import DenseLocalHead, LocalHead, TaskHead
+from zoo.heads import DecodingHead, DenseLocalHead, LocalHead, TaskHead
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,3 +87,21 @@ def test_torch_hub_local(tmp_path: Path):
     assert isinstance(m, zoo.DecoupledModel) and m.config["width"] == 0.125
     with pytest.raises(RuntimeError, match="Cannot find callable"):
         torch.hub.load(str(REPO), "no_such_model", source="local", trust_repo=True)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"num_blocks": 3, "head": "decoding", "recon": 0.1}, {"num_blocks": 3, "head": "pointwise"}]
+)
+@pytest.mark.parametrize("exit_block", [0, 1])
+def test_grouped_seg_encoder_exit(kw: dict, exit_block: int):
+    """An encoder-block exit of a grouped seg model (blocks returning several stage features): the next body and
+    the head read the deepest feature, as in the model; the decoding head's reconstruction branch is dropped."""
+    torch.manual_seed(0)
+    m = zoo.create_model("resnet18", task="seg", num_classes=4, img_size=32, **kw)
+    assert m.blocks[exit_block].num_outputs > 1  # 6 units in 3 blocks: each encoder block holds 2 stages
+    m.set_best_block(exit_block)
+    m.exit_policy = "best"
+    net = _same(m, torch.randn(2, 3, 32, 32))
+    assert isinstance(net, ExitNet) and len(net.bodies) == exit_block + 1
+    assert not any(isinstance(mod, DecodingHead) for mod in net.modules())
+    assert not any("reconstruct" in n for n, _ in net.named_modules())

@@ -217,7 +217,8 @@ def test_shape_mismatch_names_both_shapes():
 def seg_model():
     torch.manual_seed(0)
     kw = dict(encoder_depth=3, decoder_channels=(32, 16, 8), img_size=32)
-    return zoo.create_model("resnet18", task="seg", num_classes=3, **kw)
+    # the first layout (one block per stage): growing re-attaches the decoder to a stage-sized block
+    return zoo.create_model("resnet18", task="seg", num_classes=3, num_blocks=4, head="pointwise", **kw)
 
 
 def test_seg_decoder_is_reattached_to_a_refinement_stage():

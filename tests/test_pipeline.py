@@ -205,7 +205,9 @@ def test_segmentation_pipeline_equals_single_process_and_checkpoints(tmp_path):
     """Dense heads sample pixels at random: per-block RNG streams make the draws the same in both layouts."""
     from zoo.checkpoints import load_checkpoint
 
-    builder = functools.partial(zoo.create_model, "resnet18", task="seg", num_classes=3, img_size=32)
+    builder = functools.partial(
+        zoo.create_model, "resnet18", task="seg", num_classes=3, img_size=32, num_blocks=6, head="pointwise"
+    )
     batches = synthetic_batches(4, 3, img_size=32, num_classes=3, task="seg")
     cfg = _tiny(steps=3, partition=[4, 2], checkpoint=str(tmp_path / "ckpt"))
     result = launch(cfg, builder, batches)

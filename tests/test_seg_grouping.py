@@ -35,7 +35,8 @@ def _batch(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     [
         ({"num_blocks": 2}, ["StageGroup", "SegDecoder"]),
         ({"num_blocks": 3}, ["StageGroup", "StageGroup", "SegDecoder"]),
-        ({}, ["Sequential"] * 5 + ["SegDecoder"]),
+        ({}, ["StageGroup", "SegDecoder"]),  # the default: K = 2
+        ({"num_blocks": 6}, ["Sequential"] * 5 + ["SegDecoder"]),  # the first layout
         ({"block_units": [1, 4, 1]}, ["Sequential", "StageGroup", "SegDecoder"]),
     ],
 )
@@ -53,7 +54,7 @@ def test_split_equals_whole(kw, bodies) -> None:
 
 def test_infopro_cut_at_two_blocks() -> None:
     """K = 2 on ResNet: stem, layer1, layer2 | layer3, layer4, decoder; the first block hands on 3 features."""
-    model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG, num_blocks=2)
+    model = smp_adapter.create("resnet18", num_classes=C, img_size=IMG, num_blocks=2, head="pointwise")
     first, dec = model.blocks[0], model.blocks[1]
     assert first.num_outputs == 3 and len(dec.body.stages) == 2
     assert model.config["num_blocks"] == 2 and "block_units" not in model.config
@@ -137,7 +138,9 @@ def test_bad_groupings_and_head_options(kw, match) -> None:
 def test_bad_head_option_refused_under_bp_too() -> None:
     """bp builds no local head, but the same flags must mean the same model for every method of a grid."""
     with pytest.raises(UserError, match="takes no keyword recon"):
-        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, recon=0.1)
+        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, head="pointwise", recon=0.1)
+    with pytest.raises(UserError, match="no keyword hidden_dim"):  # the default head is decoding
+        smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, hidden_dim=8)
     model = smp_adapter.create("resnet18", method="bp", num_classes=C, img_size=IMG, num_blocks=2, head="decoding")
     assert model.blocks[0].head is None
 
@@ -160,3 +163,48 @@ def test_pipeline_two_stages_at_two_blocks_equals_single_process() -> None:
         torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
     # x (3·32²) and the 3 features (64·16², 64·8², 128·4²) of 4 samples in float32, then the labels
     assert result.stages[0]["bytes_sent_per_step"] >= 4 * 4 * (3 * 32 * 32 + 64 * 256 + 64 * 64 + 128 * 16)
+
+
+def test_profile_and_choose_seg_cuts() -> None:
+    """The partitioner profiles grouped seg blocks (Features outputs) and chooses seg cuts as for classifiers: a
+    model with one block per unit (stages + decoder) gives `units_per_block`, which is SMP's `block_units`."""
+    from zoo.pipeline import choose_blocks, profile_units
+
+    kw = dict(num_classes=C, img_size=32, encoder_depth=3, decoder_channels=(16, 8, 8))
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, C, (2, 32, 32))
+    grouped = smp_adapter.create("resnet18", num_blocks=2, **kw)
+    prof = profile_units(grouped, x, y, repeats=1)
+    # block 0 (stem, layer1 | layer2 + decoder) hands on x and its 2 stage features (64·16², 64·8²), float32
+    assert grouped.blocks[0].num_outputs == 2
+    assert len(prof) == 2 and prof[0].out_bytes == 4 * 2 * (3 * 32 * 32 + 64 * 256 + 64 * 64)
+    natural = smp_adapter.create("resnet18", num_blocks=4, **kw)
+    cuts, _ = choose_blocks(natural, x, y, stages=2, repeats=1)
+    assert len(cuts.units_per_block) == 2 and sum(cuts.units_per_block) == 4
+    chosen = smp_adapter.create("resnet18", block_units=cuts.units_per_block, **kw)
+    assert chosen.num_blocks == 2 and chosen.config["block_units"] == cuts.units_per_block
+
+
+@pytest.mark.dist
+def test_pipeline_partitions_a_grouped_seg_model_itself() -> None:
+    """No `partition` given: stage 0 profiles the K = 2 blocks (Features outputs) and splits them over 2 stages."""
+    from zoo.pipeline import launch, synthetic_batches
+
+    builder = functools.partial(zoo.create_model, "resnet18", task="seg", num_classes=C, img_size=32, num_blocks=2)
+    batches = synthetic_batches(4, 3, img_size=32, num_classes=C, task="seg")
+    result = launch(tiny(steps=2, partition=None), builder, batches)
+    assert result.partition == [1, 1] and len(result.stages) == 2
+
+
+@pytest.mark.dist
+def test_bp_over_torch_pipelining_on_a_grouped_seg_model() -> None:
+    """GPipe sends flat tensors: block 0's 3 stage features travel as members and are rebuilt on stage 1."""
+    from zoo.pipeline import launch, synthetic_batches
+
+    builder = functools.partial(zoo.create_model, "resnet18", task="seg", num_classes=C, img_size=32, num_blocks=2)
+    batches = synthetic_batches(4, 3, img_size=32, num_classes=C, task="seg")
+    result = launch(tiny(engine="gpipe", steps=2, micro_batches=2, partition=[1, 1]), builder, batches)
+    assert len(result.stages) == 2 and result.stages[-1]["samples_per_s"] > 0
+    # x and the 3 features of 4 samples (2 micro-batches), forward and the same bytes of gradients back
+    assert result.stages[0]["bytes_sent_per_step"] == 2 * 4 * 4 * (3 * 32 * 32 + 64 * 256 + 64 * 64 + 128 * 16)
+    out = result.model.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, C, 32, 32) and torch.isfinite(out).all()

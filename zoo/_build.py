@@ -55,6 +55,11 @@ def rebuild_kwargs(model_config: dict[str, Any]) -> dict[str, Any]:
     kw = {k: v for k, v in model_config.items() if k not in _NO_REBUILD_KEYS}
     if "encoder_weights" in kw:
         kw["encoder_weights"] = None  # weights come from the checkpoint; never download
+    if kw.get("adapter") == "smp" and "head" not in (kw.get("head_kwargs") or {}):
+        from .adapters.smp import LEGACY_HEAD
+
+        # saved before the SMP adapter recorded its head (the default then): not today's default
+        kw["head_kwargs"] = {**(kw.get("head_kwargs") or {}), "head": LEGACY_HEAD}
     return kw
 
 

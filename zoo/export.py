@@ -3,7 +3,9 @@
 - timm-adapted classifiers → the plain timm model (`zoo.adapters.timm.export`); SMP networks → the plain SMP model
   (`zoo.adapters.smp.export`), when the exit is the last block.
 - The paper's models, and any model whose chosen exit is not the last block → `ExitNet`: the block bodies up to the
-  exit followed by that exit's head (projector + classifier, or the task head), all plain torch modules.
+  exit followed by that exit's head (projector + classifier, a decoding head's context convs + projector +
+  classifier, or the task head), all plain torch modules. A segmentation block holding several encoder stages
+  returns them all (`zoo.decoupled.Features`); the next body and the head read the deepest, as in the model.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoupled import DecoupledModel
+from .decoupled import DecoupledModel, deepest
 from .errors import UserError
-from .heads import DenseLocalHead, LocalHead, TaskHead
+from .heads import DecodingHead, DenseLocalHead, LocalHead, TaskHead
 
 __all__ = ["ExitNet", "export"]
 
 
 class ExitNet(nn.Module):
-    """`bodies` in sequence, then `head`; segmentation logits are resized to the input (as DecoupledModel does)."""
+    """`bodies` in sequence (each reads the deepest feature of the one before), then `head` on the deepest feature;
+    segmentation logits are resized to the input (as DecoupledModel does)."""
 
     def __init__(self, bodies: list[nn.Module], head: nn.Module, resize_to_input: bool = False):
         super().__init__()
@@ -31,7 +34,10 @@ class ExitNet(nn.Module):
         self.resize_to_input = resize_to_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.bodies(x))
+        h = x
+        for body in self.bodies:
+            h = body(deepest(h))
+        out = self.head(deepest(h))
         if self.resize_to_input and out.dim() == 4 and tuple(out.shape[-2:]) != tuple(x.shape[-2:]):
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return out
@@ -41,6 +47,8 @@ def _plain_head(head: nn.Module) -> nn.Module:
     """The inference path of a head, without its loss code."""
     if isinstance(head, (LocalHead, DenseLocalHead)):
         return nn.Sequential(copy.deepcopy(head.projector), copy.deepcopy(head.classifier))
+    if isinstance(head, DecodingHead):  # its reconstruction branch only trains
+        return nn.Sequential(*(copy.deepcopy(m) for m in (head.context, head.projector, head.classifier)))
     if isinstance(head, TaskHead):
         return copy.deepcopy(head.module)
     return copy.deepcopy(head)

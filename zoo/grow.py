@@ -49,7 +49,7 @@ from ._build import build_architecture, rebuild_kwargs
 from .adapters._stages import eval_mode
 from .decoupled import Block, DecoupledModel
 from .errors import UserError
-from .heads import LOCAL_METHODS, DenseLocalHead, LocalHead
+from .heads import DENSE_HEADS, LOCAL_METHODS, LocalHead, dense_head
 from .train import build_optimizers
 
 __all__ = ["GrowError", "KINDS", "freeze", "grow", "refresh_optimizers", "regrow"]
@@ -123,9 +123,9 @@ def _head(model: DecoupledModel, shape: tuple[int, ...]) -> nn.Module:
     cfg, kw = model.config, dict(model.config.get("head_kwargs") or {})
     if model.task == "cls":
         return LocalHead(model.method, shape, model.num_classes, projector=cfg.get("projector", "pool"), **kw)
-    old = next((b.head for b in model.blocks if isinstance(b.head, DenseLocalHead)), None)
+    old = next((b.head for b in model.blocks if isinstance(b.head, tuple(DENSE_HEADS.values()))), None)
     ignore = old.ignore_index if old is not None else cfg.get("ignore_index", 255)
-    return DenseLocalHead(model.method, shape[0], model.num_classes, ignore_index=ignore, **kw)
+    return dense_head(model.method, shape[0], model.num_classes, ignore_index=ignore, **kw)  # the model's head
 
 
 def _conv_block(model: DecoupledModel, spec: dict[str, Any], shape: tuple[int, ...], k: int):

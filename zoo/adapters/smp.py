@@ -7,12 +7,19 @@ plain chain, and the chain is cut after each feature's producer: one *unit* per 
 segmentation head as the last unit, trained by the task loss (cross-entropy, optionally + Dice).
 
 Units are grouped into blocks as timm models' are (`num_blocks=K` in equal contiguous groups, later ones larger, or
-`block_units=[..]`; K from 2 to stages + 1, by default stages + 1: one block per stage plus the decoder). The
+`block_units=[..]`; K from 2 to stages + 1). The
 decoder reads every stage's feature, so a block of several stages hands on all of them (`zoo.decoupled.Features`,
 each detached at the block boundary) and its local head reads the deepest; the last block holds the decoder and the
 deepest stages (InfoPro's cut, K = 2 on a ResNet: stem, layer1, layer2 | layer3, layer4, decoder). Encoder blocks get
 a dense local head chosen by `head` (zoo.heads.dense_head; its options may be given flat, `head="decoding",
 recon=0.1`, or as `head_kwargs`).
+
+Defaults: K = 2 with the decoding head (DEFAULT_NUM_BLOCKS, DEFAULT_HEAD), chosen on validation in a design screen
+(leaderboards/explore/seg_sweep: shapes, Unet-resnet18, 1 seed, 450 steps; DeInfoReg 60.49 validation mIoU at
+K = 2 decoding against 43.11 for the first layout and 56.84 for BP). The first layout, one block per stage plus the
+decoder with pointwise heads, is `num_blocks=stages + 1, head="pointwise"`. Every model's config records the head
+it was built with; a saved config without one predates the switch and rebuilds with `pointwise`
+(`LEGACY_HEAD`, applied by zoo._build.rebuild_kwargs), and every saved config records its `num_blocks`.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ NATIVE_ENCODERS = (
     "InceptionResNetV2Encoder",
 )
 DEFAULT_IMG_SIZE = 64  # size of the dummy forward that measures stage outputs; a multiple of 32
+DEFAULT_NUM_BLOCKS = 2  # InfoPro's cut: encoder blocks up to the middle | the deepest stages + decoder
+DEFAULT_HEAD = "decoding"  # encoder blocks' dense local head when `head` is not given
+LEGACY_HEAD = "pointwise"  # the head of a saved config that records none (saved before DEFAULT_HEAD was decoding)
 
 _INFO_KEYS = ("adapter", "encoder_name", "input_size", "mean", "std")
 _MODEL_KEYS = MODEL_KEYS
@@ -222,7 +232,7 @@ def _sizes(stages: int, num_blocks: Any, block_units: Any, name: str, arch: str)
             )
         return sizes
     if num_blocks is None:
-        return [1] * n
+        num_blocks = DEFAULT_NUM_BLOCKS
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or not 2 <= num_blocks <= n:
         raise UserError(
             f"num_blocks={num_blocks} is not possible: {what}; num_blocks runs from 2 (an encoder block and the "
@@ -254,7 +264,7 @@ def _head_kwargs(head_kwargs: dict[str, Any] | None, flat: dict[str, Any], in_ch
     """`head_kwargs` with the flat head options (`head=decoding,recon=0.1` from --model-kwargs) merged in, checked
     against the chosen head whatever the method (bp builds no head, but the same flags must mean the same model)."""
     hk = {**(head_kwargs or {}), **flat}
-    head = hk.get("head", "pointwise")
+    head = hk.setdefault("head", DEFAULT_HEAD)  # recorded in the config, see LEGACY_HEAD
     if head not in DENSE_HEADS:
         raise UserError(f"unknown dense head {head!r}; valid choices: {', '.join(DENSE_HEADS)}")
     check_kwargs(hk, dense_head_options(head), f"the {head} dense head")
@@ -319,11 +329,12 @@ def create(
 ) -> DecoupledModel:
     """Cut SMP `arch` with encoder `name` into blocks of encoder stages + a decoder block trained by `method`.
 
-    `num_blocks` (2 to stages + 1; None: stages + 1) or `block_units` (units per block, the decoder counting as the
-    last unit) group the stages, see the module docstring. `img_size` is the dummy forward's size (default 64).
-    Dense head options (`head`, `recon`, `width`, ... see zoo.heads.dense_head_options) may be given flat or in
-    `head_kwargs`. Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...), `build_decoupled`
-    (`ignore_index`) or `smp.create_model` (`encoder_depth`, `decoder_channels`, `encoder_weights`, ...).
+    `num_blocks` (2 to stages + 1; None: DEFAULT_NUM_BLOCKS = 2) or `block_units` (units per block, the decoder
+    counting as the last unit) group the stages, see the module docstring. `img_size` is the dummy forward's size
+    (default 64). Dense head options (`head`, default DEFAULT_HEAD = "decoding"; `recon`, `width`, ... see
+    zoo.heads.dense_head_options) may be given flat or in `head_kwargs`. The first layout is
+    `num_blocks=stages + 1, head="pointwise"`. Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...),
+    `build_decoupled` (`ignore_index`) or `smp.create_model` (`encoder_depth`, `decoder_channels`, ...).
     """
     arch = arch.lower()
     _check_name(name, arch)
@@ -332,8 +343,7 @@ def create(
     model_kw = {k: kw.pop(k) for k in _MODEL_KEYS if k in kw}
     build_kw = {k: kw.pop(k) for k in _BUILD_KEYS if k in kw}
     flat_head = {k: kw.pop(k) for k in dense_head_options() if k in kw}
-    if flat_head or build_kw.get("head_kwargs"):
-        build_kw["head_kwargs"] = _head_kwargs(build_kw.get("head_kwargs"), flat_head, in_channels)
+    build_kw["head_kwargs"] = _head_kwargs(build_kw.get("head_kwargs"), flat_head, in_channels)
     smp_kw = kw
     _check_smp_kwargs(arch, name, smp_kw)
     size = img_size or DEFAULT_IMG_SIZE

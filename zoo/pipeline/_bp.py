@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..decoupled import Features, deepest
 from ..runtime import PeakMemory
 from ..train import build_optimizers
 from ._comm import Watchdog
@@ -49,19 +50,38 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 class _BPStage(nn.Module):
-    """Consecutive BP blocks; passes the skip features on as extra outputs when a later block reads them."""
+    """Consecutive BP blocks; passes the skip features on as extra outputs when a later block reads them.
 
-    def __init__(self, blocks: list[nn.Module], skips_out: bool):
+    Pipelining sends flat tensors only: a block output that is a `Features` (a seg block of several stages) travels
+    as its members, and `in_layout` (tensors per incoming feature, x first) rebuilds it on the receiving stage.
+    """
+
+    def __init__(self, blocks: list[nn.Module], skips_out: bool, in_layout: list[int] | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.skips_out = skips_out
+        self.in_layout = list(in_layout or [1])
 
-    def forward(self, *feats: torch.Tensor):
-        feats = [_ContiguousGrad.apply(f) if f.requires_grad else f for f in feats]
+    def forward(self, *flat: torch.Tensor):
+        flat = tuple(_ContiguousGrad.apply(f) if f.requires_grad else f for f in flat)
+        feats: list[torch.Tensor | Features] = []
+        for n in self.in_layout:
+            feats.append(flat[0] if n == 1 else Features(flat[:n]))
+            flat = flat[n:]
         for b in self.blocks:
             feats.append(b(feats))
         # gloo sends only contiguous tensors
-        return tuple(f.contiguous() for f in feats) if self.skips_out else feats[-1].contiguous()
+        if self.skips_out:
+            return tuple(t.contiguous() for f in feats for t in (f if isinstance(f, Features) else (f,)))
+        return deepest(feats[-1]).contiguous()
+
+
+def _in_layout(blocks: list[nn.Module], start: int) -> list[int]:
+    """Tensors per feature a stage starting at block `start` receives: x and every earlier block's output when a
+    block from `start` on reads skips (the previous stage sends them all), else the one tensor it reads."""
+    if start == 0 or not any(b.takes_skips for b in blocks[start:]):
+        return [1]
+    return [1] + [b.num_outputs for b in blocks[:start]]
 
 
 class _Params:
@@ -120,7 +140,8 @@ def stage_bp(
     mods, stages, held = [], [], []
     for v in mine:
         skips_out = any(b.takes_skips for b in model.blocks[chunks[v].stop :])
-        mod = _BPStage([model.blocks[k] for k in chunks[v]], skips_out).to(device).train()
+        layout = _in_layout(list(model.blocks), chunks[v].start)
+        mod = _BPStage([model.blocks[k] for k in chunks[v]], skips_out, layout).to(device).train()
         mods.append(mod)
         stages.append(pp.PipelineStage(mod, v, n, device))
         held += list(chunks[v])

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn as nn
 
-from ..decoupled import DecoupledModel
+from ..decoupled import DecoupledModel, Features
 from ..errors import UserError
 from ..memory import MemoryTracker
 from ..train import TrainConfig, build_optimizers
@@ -132,7 +132,8 @@ def stage_slices(sizes: Sequence[int]) -> list[range]:
 
 
 def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of `tensors`; a member that is a `Features` (a seg block holding several stages) counts each feature."""
+    return sum(_bytes(t) if isinstance(t, Features) else t.numel() * t.element_size() for t in tensors)
 
 
 @torch.no_grad()
@@ -186,7 +187,8 @@ def profile_units(
             if r >= warmup:
                 times.append(time.perf_counter() - t0)
         feats.append(h.detach())
-        hd = h.detach().requires_grad_()
+        hd = h.detach()  # the head's input as a leaf, every member of a `Features` (a block of several seg stages)
+        hd = Features(t.requires_grad_() for t in hd) if isinstance(hd, Features) else hd.requires_grad_()
         head_times = []
         for _ in range(repeats):
             sync()
