@@ -29,6 +29,7 @@ __all__ = [
     "AccuracyOptions",
     "Bench",
     "GrowOptions",
+    "MemoryOptions",
     "NoiseOptions",
     "PipelineOptions",
     "ThroughputOptions",
@@ -95,6 +96,18 @@ PipelineOptions.__doc__ = """Multi-device pipeline throughput (one process per s
 
 
 @dataclass
+class MemoryOptions:
+    """Training peak memory per method and K against BP, one device, tensors counted (benchmarks/memory.py)."""
+
+    block_counts: list[int] = option([2, 4], "K: each local method cut into K blocks (cls; seg models keep their own "
+                                     "cut)", kind=int, many=True, minimum=2, metavar="LIST")  # fmt: skip
+    balance: str = option("memory", "cuts that balance the blocks' activation memory or their time",
+                          kind=str, choices=("time", "memory"))  # fmt: skip
+    memory_cap_mb: float | None = option(None, "also the largest batch whose training peak fits this cap, for BP and "
+                                         "each local method at each K", kind=float, metavar="MB")  # fmt: skip
+
+
+@dataclass
 class GrowOptions:
     """Progressive growth (`--grow-at`) or extension of a checkpoint (`--init-from` + `--add-blocks`), each against
     the same model trained with all its blocks from the start (benchmarks/_growth.py)."""
@@ -123,6 +136,7 @@ BENCHES: dict[str, Bench] = {
     "throughput": Bench(ThroughputOptions, "one training step per method, one device", False),
     "pipeline": Bench(PipelineOptions, "one process per stage (multi-device)", False),
     "grow": Bench(GrowOptions, "grown models against all blocks at once", True),
+    "memory": Bench(MemoryOptions, "training peak memory per method and K against BP, one device", False),
 }
 
 

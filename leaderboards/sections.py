@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ._boards import plot_cost
 from ._common import _f, _fmt2, _group, _method_key, load_board, setup_name
+from ._memory import memory_section
 
 __all__ = ["SECTIONS"]
 
@@ -118,4 +119,5 @@ SECTIONS: dict[str, Section] = {
     "throughput_pipeline_": _lines_only(_pipeline_section),
     "throughput_": _throughput_section,
     "grow_": _lines_only(_grow_section),
+    "memory_": memory_section,
 }

@@ -1,0 +1,73 @@
+"""`--bench memory` through the harness: rows with the environment columns, ratios against BP, the largest batch
+under a cap, the rendered section, and one-line exits (code 2) before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.results import read_rows
+from benchmarks.run import main
+from leaderboards._memory import memory_section
+
+TINY = ["--bench", "memory", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--threads", "1",
+        "--wandb", "disabled", "--no-progress"]  # fmt: skip
+
+
+def _bench(tmp_path, *extra):
+    lb = tmp_path / "lb"
+    argv = [*TINY, "--block-counts", "2", *extra, "--out", str(tmp_path / "runs")]
+    assert main([*argv, "--leaderboard-dir", str(lb)]) == 0
+    rows = read_rows(lb / "memory_cls_digits.csv")
+    peaks = [r for r in rows if not r["largest_batch"]]
+    capped = [r for r in rows if r["largest_batch"]]
+    assert [(r["method"], r["balance"]) for r in peaks] == [("bp", ""), ("deinforeg", "memory")]
+    return rows, peaks, capped, lb
+
+
+def test_memory_rows_ratios_and_section(tmp_path):
+    rows, peaks, capped, lb = _bench(tmp_path)
+    assert not capped
+    bp, dec = peaks
+    assert float(bp["ratio_vs_bp"]) == 1.0 and dec["num_blocks"] == "2" and dec["batch_size"] == "4"
+    assert float(dec["ratio_vs_bp"]) == pytest.approx(float(dec["peak_mb"]) / float(bp["peak_mb"]), rel=1e-4)
+    assert sum(map(int, dec["units_per_block"].split("+"))) == 8  # resnet18: 8 residual blocks
+    for r in rows:
+        assert r["commit"] and r["device"] and r["torch"] and r["run_id"] and r["mem_kind"] == "cpu_tensor_events"
+        parts = sum(float(r[c]) for c in ("parameters_mb", "gradients_mb", "optimizer_mb", "activations_mb"))
+        assert float(r["peak_mb"]) == pytest.approx(parts, rel=1e-4)
+    md, pngs = memory_section(lb / "memory_cls_digits.csv")
+    text = "\n".join(md)
+    assert "| resnet18 (16px) | deinforeg | 2 | memory |" in text and "| resnet18 (16px) | bp | - | - |" in text
+    assert "Largest batch" not in text and pngs and pngs[0].stat().st_size > 0
+
+
+@pytest.mark.slow  # about 50 s on a busy 2-core CPU: some 20 measured steps
+def test_largest_batch_under_a_cap_through_the_harness(tmp_path):
+    rows, peaks, capped, lb = _bench(tmp_path, "--img-size", "64", "--memory-cap-mb", "200")
+    assert [r["method"] for r in capped] == ["bp", "deinforeg"]
+    for r in capped:
+        assert float(r["peak_mb"]) <= 200 and int(r["largest_batch"]) == int(r["batch_size"]) >= 2
+    # block by block, the decoupled model fits a larger batch under the same cap than BP
+    assert int(capped[1]["largest_batch"]) > int(capped[0]["largest_batch"])
+    md, pngs = memory_section(lb / "memory_cls_digits.csv")
+    text = "\n".join(md)
+    assert "| resnet18 (64px) | deinforeg | 2 | memory | 200 |" in text
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--balance", "speed"], "--balance 'speed' is not valid; valid choices: time, memory"),
+        (["--memory-cap-mb", "1"], "--memory-cap-mb 1 is below what resnet18 holds at any batch"),
+        (["--memory-cap-mb", "-3"], "--memory-cap-mb must be positive"),
+        (["--stages", "2"], "--stages is for --bench pipeline, not --bench memory"),
+        (["--engines", "gpipe"], "is for --bench pipeline"),
+        (["--block-counts", "1,2"], "--block-counts must be >= 2"),
+    ],
+)
+def test_bad_memory_requests_exit_2_in_one_line_before_anything_runs(extra, needle, tmp_path, capsys):
+    assert main([*TINY, *extra, "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no run folder, no leaderboard
