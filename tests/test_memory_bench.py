@@ -4,6 +4,7 @@ under a cap, the rendered section, and one-line exits (code 2) before anything r
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks.results import read_rows
 from benchmarks.run import main
@@ -71,3 +72,29 @@ def test_bad_memory_requests_exit_2_in_one_line_before_anything_runs(extra, need
     assert needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # no run folder, no leaderboard
+
+
+def test_the_accuracy_table_reports_the_tensor_counted_peak_of_one_extra_step(tmp_path, monkeypatch):
+    """The main command's peak: zoo.memory's count of one extra step on a copy of the trained model (benchmarks/
+    _peak.py), equal to measuring that model directly; the trained weights are untouched by it."""
+    import benchmarks._runner as runner
+    from benchmarks._peak import training_peak
+
+    seen = {}
+
+    def spy(trainer, source):
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        mem = training_peak(trainer, source)
+        after = trainer.model.state_dict()
+        seen["unchanged"] = all(torch.equal(v, after[k]) for k, v in before.items())
+        seen["peak"] = mem.peak_mb
+        return mem
+
+    monkeypatch.setattr(runner, "training_peak", spy)
+    argv = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "64",
+            "--eval-size", "32", "--epochs", "1", "--batch-size", "16", "--methods", "deinforeg", "--threads", "1",
+            "--wandb", "disabled", "--no-progress", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main([*argv, "--leaderboard-dir", str(tmp_path / "lb")]) == 0
+    (row,) = read_rows(tmp_path / "lb" / "accuracy_cls_digits.csv")
+    assert row["mem_kind"] == "cpu_tensor_events" and seen["unchanged"]
+    assert float(row["peak_mem_mb"]) == pytest.approx(seen["peak"], rel=1e-4) and seen["peak"] > 0
