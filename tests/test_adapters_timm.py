@@ -223,16 +223,16 @@ def test_list_supported() -> None:
 
 
 def test_cut_block_makes_every_residual_block_a_unit() -> None:
-    """resnet18 under cut="block": 9 units (the stem, then 2 residual blocks per stage) whose chain is the timm
-    forward; num_blocks / block_units merge them; the default cut is unchanged; export rebuilds the same cut."""
+    """resnet18 under cut="block": 8 units (2 residual blocks per stage, the stem in the first) whose chain is the
+    timm forward; num_blocks / block_units merge them; the default cut is unchanged; export rebuilds the same cut."""
     torch.manual_seed(0)
     model = timm_adapter.create("resnet18", method="bp", num_classes=5, img_size=IMG, cut="block")
     torch.manual_seed(0)
     ref = _reference("resnet18", 5).eval()
-    assert model.num_blocks == 9 and model.config["cut"] == "block"
-    assert [n for n, _ in model.blocks[0].body.named_children()] == ["conv1", "bn1", "act1"]  # the stem alone
-    assert [n for n, _ in model.blocks[1].body.named_children()] == ["maxpool", "layer1_0"]
-    assert [list(b.body.named_children())[-1][0] for b in model.blocks[2:]] == [
+    assert model.num_blocks == 8 and model.config["cut"] == "block"
+    first = [n for n, _ in model.blocks[0].body.named_children()]
+    assert first[0] == "conv1" and first[-1] == "layer1_0"
+    assert [list(b.body.named_children())[-1][0] for b in model.blocks[1:]] == [
         "layer1_1", "layer2_0", "layer2_1", "layer3_0", "layer3_1", "layer4_0", "layer4_1",
     ]  # fmt: skip
     x, _ = _batch()
@@ -241,12 +241,12 @@ def test_cut_block_makes_every_residual_block_a_unit() -> None:
         assert (model(x) - ref(x)).abs().max() <= 1e-5
         assert (timm_adapter.export(model)(x) - ref(x)).abs().max() <= 1e-5
     assert timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="block", num_blocks=4).num_blocks == 4
-    uneven = timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="block", block_units=[4, 5])
+    uneven = timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="block", block_units=[3, 5])
     assert uneven.num_blocks == 2 and len(uneven.blocks[1].body) == 5
     assert "cut" not in timm_adapter.create("resnet18", num_classes=5, img_size=IMG).config  # default: stages
     with pytest.raises(UserError, match="unknown cut 'layer'; valid choices: stage, block"):
         timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="layer")
-    with pytest.raises(UserError, match="block_units=\\[3, 4\\] must give every block at least one of this model's 9"):
+    with pytest.raises(UserError, match="block_units=\\[3, 4\\] must give every block at least one of this model's 8"):
         timm_adapter.create("resnet18", num_classes=5, img_size=IMG, cut="block", block_units=[3, 4])
 
 

@@ -31,7 +31,7 @@ def test_memory_rows_ratios_and_section(tmp_path):
     bp, dec = peaks
     assert float(bp["ratio_vs_bp"]) == 1.0 and dec["num_blocks"] == "2" and dec["batch_size"] == "4"
     assert float(dec["ratio_vs_bp"]) == pytest.approx(float(dec["peak_mb"]) / float(bp["peak_mb"]), rel=1e-4)
-    assert sum(map(int, dec["units_per_block"].split("+"))) == 9  # resnet18: the stem and 8 residual blocks
+    assert sum(map(int, dec["units_per_block"].split("+"))) == 8  # resnet18: 8 residual blocks
     for r in rows:
         assert r["commit"] and r["device"] and r["torch"] and r["run_id"] and r["mem_kind"] == "cpu_tensor_events"
         parts = sum(float(r[c]) for c in ("parameters_mb", "gradients_mb", "optimizer_mb", "activations_mb"))

@@ -244,10 +244,6 @@ def _chain_cut(
     prefix, chain = _split_prefix(model, calls, x, stages)
     order = [c.name for c in chain]
     cuts = [n for s in stages for n in order if n == s or n.startswith(s + ".")] if per_block else stages
-    if per_block:
-        # the stem (feature points before the first stage: a ResNet's conv1-bn1-act1 at reduction 2) is a unit of
-        # its own, so a memory-balanced cut can train it alone: at full resolution it holds the largest activations
-        cuts = [n for n in feat_names if n not in stages and n in order] + cuts
     missing = [n for n in stages if not any(c == n or c.startswith(n + ".") for c in order)]
     if missing:
         raise NotSequentialError(f"feature modules {missing} are not on the chain of its forward pass")
@@ -427,10 +423,9 @@ def create(
 
     `num_blocks` merges adjacent stages (default: every stage of a CNN, 4 for ViTs); `pretrained_backbone` is a
     local timm checkpoint file; `img_size` sizes a ViT and the dummy forward that measures block outputs.
-    `cut="block"` makes every residual block (every module of a CNN stage) a unit instead of every stage, and the
-    stem a unit of its own where timm's feature_info names it (a ResNet: conv1-bn1-act1; the max-pool opens the next
-    unit), so blocks (and pipeline stages) can end inside a stage or after the stem; `block_units` gives the units
-    per block instead of `num_blocks` (e.g. what zoo.pipeline.partition.choose_cuts picked).
+    `cut="block"` makes every residual block (every module of a CNN stage) a unit instead of every stage, so blocks
+    (and pipeline stages) can end inside a stage; `block_units` gives the units per block instead of `num_blocks`
+    (e.g. what zoo.pipeline.partition.choose_cuts picked).
     Other keyword arguments go to `DecoupledModel` (`exit_policy`, ...), `build_decoupled` (`head_kwargs`,
     `ignore_index`) or `timm.create_model` (`drop_path_rate`, ...).
     """
