@@ -140,7 +140,7 @@ def test_finer_cuts_let_the_bench_choose_one_block_per_stage_by_measured_cost(tm
     )  # fmt: skip
     _, written = _run(cfg, tmp_path)
     out = capsys.readouterr().out
-    assert "cut=block: 5 units profiled" in out and "choose_cuts: blocks of " in out
+    assert "cut=block: 4 units profiled" in out and "choose_cuts: blocks of " in out
     assert sorted(r["engine"] for r in written) == ["bp-single", "deinforeg-pipe", "gpipe"]
     assert {r["partition"] for r in written if r["engine"] != "bp-single"} == {"1+1"}
     assert "residual-block units chosen by choose_cuts" in written[0]["note"]
@@ -157,7 +157,7 @@ def test_memory_balanced_cuts_and_per_stage_peaks_counted_from_tensors(tmp_path,
     )  # fmt: skip
     rows, written = _run(cfg, tmp_path)
     out = capsys.readouterr().out
-    assert "cut=block: 5 units measured" in out and "memory-balanced cuts: blocks of " in out
+    assert "cut=block: 4 units measured" in out and "memory-balanced cuts: blocks of " in out
     assert "cuts balance memory" in written[0]["note"]
     pipe = next(r for r in written if r["engine"] == "deinforeg-pipe")
     peaks = [float(v) for v in pipe["peak_mem_mb_per_stage"].split("/")]
