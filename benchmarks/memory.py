@@ -129,9 +129,11 @@ def measure(
 
 
 def against_bp(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`rows` with `ratio_vs_bp`: each peak over BP's at the same batch size (empty where no BP row has it)."""
-    bp = {r["batch_size"]: r["peak_mb"] for r in rows if r["method"] == "bp"}
-    return [{**r, "ratio_vs_bp": r["peak_mb"] / bp[r["batch_size"]] if r["batch_size"] in bp else None} for r in rows]
+    """`rows` with `ratio_vs_bp`: each peak over BP's of the same model (when rows name one) at the same batch size
+    (empty where no BP row has them)."""
+    key = lambda r: (r.get("model"), r["batch_size"])  # noqa: E731
+    bp = {key(r): r["peak_mb"] for r in rows if r["method"] == "bp"}
+    return [{**r, "ratio_vs_bp": r["peak_mb"] / bp[key(r)] if key(r) in bp else None} for r in rows]
 
 
 def largest_batch(

@@ -98,3 +98,11 @@ def test_the_accuracy_table_reports_the_tensor_counted_peak_of_one_extra_step(tm
     (row,) = read_rows(tmp_path / "lb" / "accuracy_cls_digits.csv")
     assert row["mem_kind"] == "cpu_tensor_events" and seen["unchanged"]
     assert float(row["peak_mem_mb"]) == pytest.approx(seen["peak"], rel=1e-4) and seen["peak"] > 0
+
+
+def test_ratios_are_against_the_bp_row_of_the_same_model():
+    from benchmarks.memory import against_bp
+
+    rows = [dict(model=m, method=k, batch_size=64, peak_mb=p) for m, k, p in
+            (("a", "bp", 100.0), ("a", "deinforeg", 60.0), ("b", "bp", 400.0), ("b", "deinforeg", 200.0))]  # fmt: skip
+    assert [r["ratio_vs_bp"] for r in against_bp(rows)] == [1.0, 0.6, 1.0, 0.5]
