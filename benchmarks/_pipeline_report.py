@@ -11,7 +11,10 @@ from typing import Any
 
 from ._scaling import gpipe_bound, plot_scaling, scaling_model
 
-__all__ = ["DECOUPLED", "PIPELINING", "ZERO_BUBBLE", "explain", "fmt", "engine_label", "report", "summaries"]
+__all__ = [
+    "DECOUPLED", "PIPELINING", "ZERO_BUBBLE", "contended_limits", "engine_label", "explain", "fmt",
+    "fraction_of_limit", "report", "summaries",
+]  # fmt: skip
 
 DECOUPLED = ("deinforeg-single", "deinforeg-pipe")  # run once per local method
 ZERO_BUBBLE = ("zb-interleaved", "zbv", "dualpipev")  # skipped, with the reason, where they cannot run
@@ -30,10 +33,13 @@ def _median(runs: list[dict[str, Any]], key: str) -> list[float]:
 def summaries(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     out = {}
     for label, runs in results.items():
-        # every stage's own steady-state rate; the pipeline delivers the slowest (queued sends can flatter one stage)
-        sps = statistics.median(min(st["samples_per_s"] for st in r["stages"]) for r in runs)
+        # every stage's own steady-state rate; the pipeline delivers the slowest (queued sends can flatter one stage);
+        # independent processes (bp-contended) deliver the sum of theirs
+        rate = sum if runs[0]["engine"] == "bp-contended" else min
+        per_run = [rate(st["samples_per_s"] for st in r["stages"]) for r in runs]
         out[label] = {
-            "samples_per_s": sps,
+            "samples_per_s": statistics.median(per_run),
+            "per_run": per_run,
             "busy": _median(runs, "busy"),
             "peak_mem_mb": _median(runs, "peak_mem_mb"),
             "compute_s": _median(runs, "compute_s_per_step"),
@@ -52,6 +58,24 @@ def summaries(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
     return out
 
 
+def contended_limits(summ: dict[str, dict[str, Any]]) -> list[float]:
+    """Per repeat: the × BP of `stages` independent single-device BP processes run at once (bp-contended over
+    bp-single of the same repeat); empty when either was not measured."""
+    bp, both = summ.get("bp-single"), summ.get("bp-contended")
+    if bp is None or both is None:
+        return []
+    return [c / b for c, b in zip(both["per_run"], bp["per_run"]) if b > 0]
+
+
+def fraction_of_limit(summ: dict[str, dict[str, Any]], label: str) -> float | None:
+    """Median over repeats of (`label`'s × BP) / (the contended limit), each repeat against its own limit; None
+    when `label`, bp-single or bp-contended was not measured, or `label` is not a multi-process pipeline."""
+    v, bp, limits = summ.get(label), summ.get("bp-single"), contended_limits(summ)
+    if v is None or not limits or v["engine"] not in ("deinforeg-pipe", *PIPELINING):
+        return None
+    return statistics.median(r / b / lim for r, b, lim in zip(v["per_run"], bp["per_run"], limits))
+
+
 def engine_label(engine: str, method: str, m: int | None) -> str:
     if m is not None:
         return f"{engine} M={m}"
@@ -64,6 +88,8 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
     pipe_bp = {k: v["samples_per_s"] for k, v in summ.items() if v["engine"] in PIPELINING}
     best = max(pipe_bp, key=pipe_bp.get) if pipe_bp else None
     best_pipe_bp = pipe_bp[best] if best else None
+    limits = contended_limits(summ)
+    limit = statistics.median(limits) if limits else None
     rows = []
     log(
         f"\n{'engine':26s} {'samples/s':>10s} {'×BP':>6s} {'×best pp BP':>11s}  busy/stage   peak MiB/stage  "
@@ -83,6 +109,7 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
             f"{fmt([c * 1e3 for c in v['compute_s']], '.1f')}"
         )
         is_pipe = engine in ("deinforeg-pipe", *PIPELINING)
+        frac = fraction_of_limit(summ, label) if is_pipe else None
         rows.append(
             {
                 "model": model,
@@ -90,7 +117,7 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
                 "dataset": cfg.dataset,
                 "engine": engine,
                 "method": v["method"],
-                "stages": s if is_pipe else 1,
+                "stages": s if is_pipe or engine == "bp-contended" else 1,
                 "micro_batches": m if engine in PIPELINING else 1,
                 "batch_size": b // m if engine == "bp-single-mb" else b,
                 "img_size": img,
@@ -98,6 +125,8 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
                 "samples_per_s": sps,
                 "speedup_vs_bp": vs_bp,
                 "speedup_vs_pipelining_bp": vs_pp,
+                "contended_limit": limit,
+                "fraction_of_limit": frac,
                 "busy_per_stage": fmt(v["busy"], ".3f"),
                 "peak_mem_mb_per_stage": fmt(v["peak_mem_mb"], ".0f"),
                 "comm_mb_per_step": mb,
@@ -113,9 +142,17 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
         )
     log(
         f"({note}; busy = compute time / wall time per stage, for gpipe/1f1b process CPU time / wall; "
-        f"peak = zoo.runtime.PeakMemory over the training steps; "
+        f"peak = tensors counted (zoo.memory) in the second (warm-up) step of each stage; "
         f"comm = payload transfer + waiting for sends, idle waiting excluded)"
     )
+    if limit is not None:
+        pipe = fraction_of_limit(summ, "deinforeg-pipe")
+        log(
+            f"contended limit: {s} independent BP processes at once reach {limit:.2f}× one (median of "
+            f"{fmt(limits, '.2f')}); the pipeline's × BP is that fraction of it: "
+            + ", ".join(f"{k} {f:.0%}" for k in summ if (f := fraction_of_limit(summ, k)) is not None)
+            + ("" if pipe is not None else " (no deinforeg-pipe row)")
+        )
     if best:
         log(
             f"best BP over torch.distributed.pipelining: {best} (×best pp BP is relative to it; of the schedules "

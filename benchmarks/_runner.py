@@ -33,11 +33,12 @@ from torch.utils.data import DataLoader
 import datasets
 from zoo.checkpoints import load_training_state, resume_trainer, save_checkpoint
 from zoo.errors import UserError
-from zoo.runtime import PeakMemory, resolve_device
+from zoo.runtime import resolve_device
 from zoo.selection import SelectBest, Selection
 from zoo.train import Callback, NonFiniteLossError, TrainConfig, Trainer, TrainingStopped, seed_everything
 
 from ._growth import GrowthCallback, make_model
+from ._peak import training_peak
 from ._wandb import start_run
 from .build import EpochBatches, build_datasets, eval_loader
 from .settings import RunConfig
@@ -281,7 +282,6 @@ def train_one(
         _Checkpoint(save, cfg.checkpoint),
         _StopOnRequest(cfg.interrupt_after_steps),
     ]
-    mem = PeakMemory(device).start()
     t0 = time.perf_counter()
     try:
         trainer.fit(
@@ -297,8 +297,8 @@ def train_one(
     finally:
         if progress is not None:
             progress.close()
-    peak = mem.peak_mb()
     wall = time.perf_counter() - t0
+    mem = training_peak(trainer, source)  # one extra step, tensors counted (benchmarks/_peak.py)
 
     # every epoch's validation left the BatchNorm statistics recalibrated for that epoch's weights, and both the
     # selected copy and the final weights carry them (a resumed run's too, saved after it): the test below uses
@@ -342,8 +342,8 @@ def train_one(
         "params": sum(p.numel() for p in model.parameters()),
         "step_ms": 1000 * step_s,
         "samples_per_s": cfg.batch_size / step_s if step_s and not math.isnan(step_s) else float("nan"),
-        "peak_mem_mb": peak,
-        "mem_kind": mem.kind,
+        "peak_mem_mb": mem.peak_mb,
+        "mem_kind": mem.source,
         "epochs": trainer.epoch,
         "steps": trainer.step,
         "train_size": len(train_ds),

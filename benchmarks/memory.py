@@ -5,6 +5,11 @@ only one block's graph alive at a time, so its peak falls with K while BP's keep
 (Wang et al., ICLR 2021) reports 0.62x BP's GPU memory at K = 2 and 0.37x at K = 4 (ResNet-110 on CIFAR-10), with
 memory-balanced cuts; `balance="memory"` here chooses cuts the same way (zoo.pipeline.partition).
 
+`--bench memory` (`runs`, `run`): BP, then each local method of `--methods` at each K of `--block-counts`, cut by
+`--balance`, one real batch of `--batch-size` from the dataset; with `--memory-cap-mb`, also the largest batch that
+fits the cap for BP and each local method at each K → `leaderboards/memory_<task>_<dataset>.csv`. A segmentation model
+is cut at the SMP adapter's own stages (one row per method; `--block-counts` does not apply).
+
 Each figure is `zoo.memory.measure_train_step`: tensors counted (CPU: the profiler's allocator events; CUDA:
 `max_memory_allocated`), split into parameters, gradients, optimizer state and activations, after one warm-up step
 so the optimizer state exists. Counting tensors rather than the process makes the figure independent of the load on
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,9 +32,20 @@ from zoo.memory import measure_train_step
 from zoo.pipeline.partition import check_balance, choose_blocks
 from zoo.train import TrainConfig, Trainer
 
-from .results import ENV_COLUMNS, SETUP_COLUMNS
+from .results import ENV_COLUMNS, SETUP_COLUMNS, append_rows, record_rows, setup_columns
+from .settings import RunConfig
 
-__all__ = ["COLUMNS", "Builder", "against_bp", "choose_units", "largest_batch", "measure"]
+__all__ = [
+    "COLUMNS",
+    "Builder",
+    "against_bp",
+    "choose_units",
+    "largest_batch",
+    "measure",
+    "run",
+    "runs",
+    "state_floor_mb",
+]
 
 # what a memory row holds besides the setup and the environment
 COLUMNS = (
@@ -112,9 +129,11 @@ def measure(
 
 
 def against_bp(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`rows` with `ratio_vs_bp`: each peak over BP's at the same batch size (empty where no BP row has it)."""
-    bp = {r["batch_size"]: r["peak_mb"] for r in rows if r["method"] == "bp"}
-    return [{**r, "ratio_vs_bp": r["peak_mb"] / bp[r["batch_size"]] if r["batch_size"] in bp else None} for r in rows]
+    """`rows` with `ratio_vs_bp`: each peak over BP's of the same model (when rows name one) at the same batch size
+    (empty where no BP row has them)."""
+    key = lambda r: (r.get("model"), r["batch_size"])  # noqa: E731
+    bp = {key(r): r["peak_mb"] for r in rows if r["method"] == "bp"}
+    return [{**r, "ratio_vs_bp": r["peak_mb"] / bp[key(r)] if key(r) in bp else None} for r in rows]
 
 
 def largest_batch(
@@ -170,3 +189,113 @@ def largest_batch(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return {**seen[lo], "memory_cap_mb": float(cap_mb), "largest_batch": lo}
+
+
+class MemoryRun(NamedTuple):
+    """One row of `--bench memory`: `num_blocks` None for BP (uncut) and for a model cut at its own stages."""
+
+    model: str
+    method: str
+    num_blocks: int | None
+    largest: bool  # the largest batch under --memory-cap-mb, not the peak at --batch-size
+
+
+def state_floor_mb(model: torch.nn.Module) -> float:
+    """MB that any training step of `model` holds whatever its batch: its parameters and buffers and one gradient per
+    parameter (the optimizer's state comes on top). A memory cap below it fits no batch."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return (2 * params + buffers) / 2**20
+
+
+def runs(cfg: RunConfig) -> list[MemoryRun]:
+    """BP, then each local method at each K (seg: at the adapter's own cut), then the same under the cap. A cap
+    below what the smallest of these models holds at any batch (`state_floor_mb`) is a UserError here, before
+    anything runs; a cap between that and the smallest batch's peak is found when measured (also a UserError)."""
+    from .build import build_model
+
+    opts = cfg.options
+    methods = list(dict.fromkeys(["bp", *cfg.methods]))
+    ks: list[int | None] = [None] if cfg.task == "seg" else list(dict.fromkeys(opts.block_counts))
+    if cfg.task != "seg" and any(k < 2 for k in ks):
+        raise UserError(f"--block-counts: a decoupled model needs at least 2 blocks, got {opts.block_counts}")
+    peaks = [MemoryRun(n, m, None if m == "bp" else k, False) for n in cfg.model for m in methods
+             for k in ([None] if m == "bp" else ks)]  # fmt: skip
+    if opts.memory_cap_mb is None:
+        return peaks
+    if not opts.memory_cap_mb > 0:
+        raise UserError(f"--memory-cap-mb must be positive, got {opts.memory_cap_mb:g}")
+    for name in cfg.model:
+        floor = min(state_floor_mb(build_model(cfg, name, m)) for m in methods)
+        if opts.memory_cap_mb < floor:
+            raise UserError(
+                f"--memory-cap-mb {opts.memory_cap_mb:g} is below what {name} holds at any batch "
+                f"(its parameters and gradients: {floor:.1f} MB)"
+            )
+    return peaks + [r._replace(largest=True) for r in peaks]
+
+
+def _builder(cfg: RunConfig, name: str) -> Builder:
+    from .build import model_builder
+
+    make = model_builder(cfg, name)
+    seed = cfg.seeds[0]
+
+    def build(method: str, **kw: Any) -> DecoupledModel:
+        from zoo.train import seed_everything
+
+        seed_everything(seed)  # every method starts from the same weights
+        return make(method=method, **kw)
+
+    return build
+
+
+def run(
+    cfg: RunConfig, run_dir: Path, run_id: str, env: dict[str, str], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Measure every run of `runs(cfg)`; append rows; print the table."""
+    from zoo.runtime import resolve_device
+
+    from ._runner import train_config
+    from .build import batch_pool
+
+    device = resolve_device(cfg.device)
+    opts = cfg.options
+    train = train_config(cfg)
+    balance = None if cfg.task == "seg" else opts.balance
+    ((x, y),) = batch_pool(cfg, 1, cfg.seeds[0])
+    pool: dict[int, Batch] = {}
+
+    def make_batch(n: int) -> Batch:
+        """n images of the dataset, the fixed batch repeated when n is larger (memory depends on shapes only)."""
+        if n not in pool:
+            reps = -(-n // x.shape[0])
+            pool[n] = (x.repeat(reps, *[1] * (x.dim() - 1))[:n], y.repeat(reps, *[1] * (y.dim() - 1))[:n])
+        return pool[n]
+
+    rows: list[dict[str, Any]] = []
+    builders = {name: _builder(cfg, name) for name in cfg.model}
+    for r in runs(cfg):
+        build = builders[r.model]
+        if r.largest:
+            row = largest_batch(build, make_batch, r.method, opts.memory_cap_mb, r.num_blocks, balance, train,
+                                device=device, log=log)  # fmt: skip
+        else:
+            row = measure(build, (x, y), r.method, r.num_blocks, balance, train=train, device=device)
+        rows.append({**setup_columns(cfg, "memory", r.model, r.method, row["num_blocks"]), **row, **env,
+                     "run_id": run_id})  # fmt: skip
+        what = f"largest batch {row['largest_batch']} under {opts.memory_cap_mb:g} MB" if r.largest else "peak"
+        k = "-" if r.method == "bp" else row["num_blocks"]
+        log(f"{r.model} {r.method} K={k} {row['units_per_block']}: {what} {row['peak_mb']:.1f} MB")
+    rows = against_bp([r for r in rows if "largest_batch" not in r]) + [r for r in rows if "largest_batch" in r]
+    path = Path(cfg.leaderboard_dir) / f"memory_{cfg.task}_{cfg.dataset}.csv"
+    append_rows(path, rows, COLUMNS)
+    record_rows(cfg, run_dir, run_id, rows, log)
+    log(f"\nmemory, {cfg.task} on {cfg.dataset}, batch {x.shape[0]}, {rows[0]['mem_kind']}; rows appended to {path}")
+    for r in rows:
+        ratio = "" if r.get("ratio_vs_bp") is None else f"  ({r['ratio_vs_bp']:.3f}× bp)"
+        cap = f"  largest batch {r['largest_batch']} ≤ {r['memory_cap_mb']:g} MB" if "largest_batch" in r else ""
+        k = "-" if r["method"] == "bp" else r["num_blocks"]
+        log(f"  {r['model']:<12} {r['method']:<10} K={k:<2} {r['units_per_block'] or '-':<9} "
+            f"peak {r['peak_mb']:8.1f} MB at batch {r['batch_size']}{ratio}{cap}")  # fmt: skip
+    return rows

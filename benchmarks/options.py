@@ -30,6 +30,7 @@ __all__ = [
     "Bench",
     "DepthOptions",
     "GrowOptions",
+    "MemoryOptions",
     "NoiseOptions",
     "PipelineOptions",
     "ThroughputOptions",
@@ -40,8 +41,8 @@ __all__ = [
 
 # what the pipeline bench measures, all on the same model, data, batch and partition (see benchmarks/pipeline.py)
 ENGINE_ORDER = (
-    "bp-single", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "zb-interleaved", "zbv", "dualpipev",
-    "bp-single-mb",
+    "bp-single", "bp-contended", "deinforeg-single", "deinforeg-pipe", "gpipe", "1f1b", "zb-interleaved", "zbv",
+    "dualpipev", "bp-single-mb",
 )  # fmt: skip
 
 
@@ -76,7 +77,9 @@ class ThroughputOptions:
 def _pipeline_field(fl: Any) -> tuple[str, Any, Any]:
     default = config_default(fl.target)
     kw = dict(kind=fl.kind, many=fl.many, choices=fl.choices, flag=fl.flag, metavar=fl.metavar, minimum=fl.minimum)
-    return fl.name, Any, option(default, fl.help, **kw)
+    # the one flag the pipeline shares with another bench whose default differs: the help names both
+    text = f"{fl.help} (default: {default}; --bench memory: memory)" if fl.name == "balance" else fl.help
+    return fl.name, Any, option(default, text, **kw)
 
 
 PipelineOptions = make_dataclass(
@@ -97,6 +100,18 @@ PipelineOptions = make_dataclass(
 PipelineOptions.__module__ = __name__
 PipelineOptions.__doc__ = """Multi-device pipeline throughput (one process per stage); the stage flags are
 `zoo.pipeline.flags.PIPELINE_FLAGS`, shared with `python -m zoo.pipeline`."""
+
+
+@dataclass
+class MemoryOptions:
+    """Training peak memory per method and K against BP, one device, tensors counted (benchmarks/memory.py)."""
+
+    block_counts: list[int] = option([2, 4], "K: each local method cut into K blocks (cls; seg models keep their own "
+                                     "cut)", kind=int, many=True, minimum=2, metavar="LIST")  # fmt: skip
+    balance: str = option("memory", "cuts that balance the blocks' activation memory or their time",
+                          kind=str, choices=("time", "memory"))  # fmt: skip
+    memory_cap_mb: float | None = option(None, "also the largest batch whose training peak fits this cap, for BP and "
+                                         "each local method at each K", kind=float, metavar="MB")  # fmt: skip
 
 
 @dataclass
@@ -147,6 +162,7 @@ BENCHES: dict[str, Bench] = {
     "pipeline": Bench(PipelineOptions, "one process per stage (multi-device)", False),
     "grow": Bench(GrowOptions, "grown models against all blocks at once", True),
     "depth": Bench(DepthOptions, "plain CNNs of growing depth: does decoupling rescue them?", True),
+    "memory": Bench(MemoryOptions, "training peak memory per method and K against BP, one device", False),
 }
 
 

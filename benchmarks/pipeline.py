@@ -13,6 +13,11 @@ Engines, all on the same model, data, batch and partition, measured one after an
                     one that cannot run here (too few blocks per stage, too few micro-batches, a torch error) is
                     skipped with one line saying why, and the others run on
   bp-single-mb      single-process BP at the micro-batch size (what micro-batching alone costs GPipe / 1F1B)
+  bp-contended      S independent single-device BP processes at once, each on its own core(s) (CPU): what S
+                    devices that slow each other (shared caches, memory bandwidth) deliver together. Its × BP is
+                    the machine's contended limit (`contended_limit`, the same on every row of the run); every
+                    pipeline row gives its × BP as a fraction of it (`fraction_of_limit`, per repeat, then the
+                    median), a figure that means the same on a quiet machine and a busy one
 The two decoupled engines run once for each local method of `--methods` (the rows' `method` column); the BP engines
 are the reference. On CPU every stage process is pinned to `--threads` threads (default 1) and stands for one device;
 the single-process baselines run on as many. Reported ratios come from one run (never across runs).
@@ -50,6 +55,7 @@ from zoo.pipeline import (
     run_single,
     shares_gpu,
 )
+from zoo.pipeline.engine import pin_cpu
 from zoo.pipeline.flags import PIPELINE_FLAGS
 from zoo.runtime import resolve_device
 from zoo.train import TrainConfig
@@ -79,6 +85,8 @@ COLUMNS = [
     "samples_per_s",
     "speedup_vs_bp",
     "speedup_vs_pipelining_bp",
+    "contended_limit",
+    "fraction_of_limit",
     "busy_per_stage",
     "peak_mem_mb_per_stage",
     "comm_mb_per_step",
@@ -127,6 +135,46 @@ def _run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method:
     return {"stages": [value], "partition": None, "predicted_s": None, "profile": None}
 
 
+def _contended_child(cfg: PipelineConfig, builder: Builder, batches: Batches, rank: int, world: int, start, queue):
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+    try:
+        pin_cpu(cfg, rank, world)  # its own cores, as stage `rank` of `world` would have; run_single keeps them
+        start.wait(timeout=cfg.timeout_s)  # every process starts its steps at once
+        queue.put((rank, "ok", run_single(cfg, builder, batches, "bp")["stats"]))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, typed
+        queue.put((rank, "error", {"type": type(e).__name__, "message": str(e)}))
+
+
+def _run_contended(cfg: PipelineConfig, builder: Builder, batches: Batches) -> dict[str, Any]:
+    """`stages` independent single-device BP processes at once, process r on stage r's cores: each one's
+    statistics, as a pipeline's stages are reported (the row's rate is their sum, see `summaries`)."""
+    import multiprocessing as mp
+
+    world = int(cfg.stages)
+    ctx = mp.get_context("spawn")
+    q, start = ctx.Queue(), ctx.Barrier(world)
+    procs = [
+        ctx.Process(target=_contended_child, args=(cfg, builder, batches, r, world, start, q)) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    got: dict[int, dict[str, Any]] = {}
+    try:
+        for _ in range(world):
+            rank, status, value = q.get(timeout=max(600.0, cfg.timeout_s * 5))
+            if status != "ok":
+                raise RuntimeError(f"bp-contended process {rank} failed: {value['type']}: {value['message']}")
+            got[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return {"stages": [got[r] for r in range(world)], "partition": None, "predicted_s": None, "profile": None}
+
+
 def _not_runnable(e: BaseException) -> str | None:
     """Why a zero-bubble schedule cannot run here, or None when `e` is a bug that must surface: a user error (too
     few blocks per stage or micro-batches, found before launch or by a stage), or an exception raised inside
@@ -148,6 +196,8 @@ def _split(batches: Batches, m: int) -> list:
 def _run_engine(engine: str, method: str, pc: PipelineConfig, builder: Builder, batches: Batches) -> dict[str, Any]:
     if engine in ("bp-single", "deinforeg-single"):
         return _run_single(pc, builder, batches, method)
+    if engine == "bp-contended":
+        return _run_contended(pc, builder, batches)
     if engine == "bp-single-mb":
         return _run_single(pc, builder, _split(batches, pc.micro_batches), "bp")
     pipe = "deinforeg" if engine == "deinforeg-pipe" else engine
@@ -215,6 +265,9 @@ def run(
         log(f"gpipe / 1f1b left out: torch.distributed.pipelining needs one GPU per stage (NCCL), and {s} "
             f"stages share {n} GPU(s) here; the decoupled stages talk gloo through the CPU")  # fmt: skip
         plan = [p for p in plan if p[1] not in PIPELINING and p[1] != "bp-single-mb"]
+    if resolve_device(cfg.device).type != "cpu" and any(p[1] == "bp-contended" for p in plan):
+        log("bp-contended left out: it measures CPU stage processes that share one machine's cores")
+        plan = [p for p in plan if p[1] != "bp-contended"]
     rows: list[dict[str, Any]] = []
     for name in cfg.model:
         rows += _run_model(cfg, name, plan, run_id, env, log)
@@ -249,6 +302,8 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
         note += f"; {s * pc.replicas} processes on {n} device(s): oversubscribed, a correctness run, not a speed"
     if cuts is not None:
         note += f"; blocks of {'+'.join(map(str, cuts.units_per_block))} residual-block units chosen by choose_cuts"
+    if pc.balance != "time" and (cuts is not None or pc.partition is None):  # a partition given balances nothing
+        note += f"; cuts balance {pc.balance}"
     note += f"; optimizer {pc.train.optimizer} lr {pc.train.lr:g}"
     seeds = f" (seed {pc.seed} only)" if len(cfg.seeds) > 1 else ""
     micro = cfg.options.micro_batches
@@ -279,7 +334,9 @@ def _run_model(cfg: RunConfig, model: str, plan, run_id: str, env: dict[str, str
             if out["partition"] is not None and pc.partition is None:
                 pc = replace(pc, partition=out["partition"])  # every later engine runs on the same stages
             results[label].append(out | {"engine": engine, "method": method, "m": m})
-            log(f"  [{rep + 1}/{cfg.options.repeats}] {label}: {out['stages'][-1]['samples_per_s']:.1f} samples/s")
+            rate = [st["samples_per_s"] for st in out["stages"]]
+            rate = sum(rate) if engine == "bp-contended" else rate[-1]
+            log(f"  [{rep + 1}/{cfg.options.repeats}] {label}: {rate:.1f} samples/s")
     summ = summaries(results)
     rows = report(cfg, pc, summ, note, run_id, env, model, b, img, log)
     for label, why in skipped.items():
@@ -305,15 +362,22 @@ def _fine_cuts(cfg: RunConfig, pc: PipelineConfig, builder: Builder, batches: Ba
     torch.set_num_threads(pc.threads)  # as one stage process would (only the ratios between units matter)
     try:
         cuts, prof = choose_blocks(model.to(device), x.to(device), y.to(device), int(pc.stages), pc.train,
-                                   repeats=pc.profile_repeats)  # fmt: skip
+                                   repeats=pc.profile_repeats, balance=pc.balance)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    body = fmt([(p.seconds - p.head_seconds) * 1e3 for p in prof], ".1f")
-    heads = fmt([p.head_seconds * 1e3 for p in prof], ".1f")
-    log(
-        f"cut=block: {len(prof)} units profiled (body {body} ms, local head {heads} ms); choose_cuts: blocks of "
-        f"{'+'.join(map(str, cuts.units_per_block))} units, one per stage, predicted "
-        f"{fmt([t * 1e3 for t in cuts.predicted_s], '.1f')} ms/stage"
-    )
+    units = "+".join(map(str, cuts.units_per_block))
+    if pc.balance == "memory":  # prof: zoo.pipeline.partition.UnitMemory, tensors counted per unit
+        log(
+            f"cut=block: {len(prof)} units measured (body {fmt([p.body_bytes / 2**20 for p in prof], '.1f')} MB); "
+            f"memory-balanced cuts: blocks of {units} units, one per stage, predicted peak "
+            f"{fmt([b / 2**20 for b in cuts.predicted_bytes], '.1f')} MB/stage"
+        )
+    else:
+        body = fmt([(p.seconds - p.head_seconds) * 1e3 for p in prof], ".1f")
+        heads = fmt([p.head_seconds * 1e3 for p in prof], ".1f")
+        log(
+            f"cut=block: {len(prof)} units profiled (body {body} ms, local head {heads} ms); choose_cuts: blocks of "
+            f"{units} units, one per stage, predicted {fmt([t * 1e3 for t in cuts.predicted_s], '.1f')} ms/stage"
+        )
     builder = functools.partial(builder, block_units=list(cuts.units_per_block))
     return builder, replace(pc, partition=[1] * int(pc.stages)), cuts

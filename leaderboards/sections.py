@@ -11,6 +11,7 @@ from pathlib import Path
 from ._boards import plot_cost
 from ._common import _f, _fmt2, _group, _method_key, load_board, setup_name
 from ._depth import depth_section
+from ._memory import memory_section
 
 __all__ = ["SECTIONS"]
 
@@ -64,10 +65,12 @@ def _pipeline_section(path: Path) -> list[str]:
     rows = list(csv.DictReader(path.open(newline="")))
     out = [f"## {path.stem}", "", "Each CPU stage process runs one thread and stands for one device (on its own core "
            "where the note says so). `M`: micro-batches per batch; `× best GPipe/1F1B` compares with the best "
-           "GPipe / 1F1B row of the same run.", ""]  # fmt: skip
-    out += ["| model | engine | stages | batch | partition | samples/s | × BP | × best GPipe/1F1B | busy/stage "
-            "| ms/stage predicted → measured | optimizer | commit | date (UTC) |",
-            "|---|---|---:|---:|---|---:|---:|---:|---|---|---|---|---|"]  # fmt: skip
+           "GPipe / 1F1B row of the same run. `limit`: the × BP that as many independent single-device BP processes "
+           "reach run at once (`bp-contended`, same run): the machine's own ceiling; `of limit`: a pipeline's × BP "
+           "as a fraction of it.", ""]  # fmt: skip
+    out += ["| model | engine | stages | batch | partition | samples/s | × BP | × best GPipe/1F1B | limit | of limit "
+            "| busy/stage | ms/stage predicted → measured | optimizer | commit | date (UTC) |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         engine, m = r.get("engine"), r.get("micro_batches", "1")
         if engine in ("gpipe", "1f1b"):
@@ -79,12 +82,18 @@ def _pipeline_section(path: Path) -> list[str]:
             f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {engine} | {r.get('stages')} "
             f"| {r.get('batch_size')} | {r.get('partition')} | {float(r['samples_per_s']):.1f} "
             f"| {_fmt2(r.get('speedup_vs_bp'))} | {_fmt2(r.get('speedup_vs_pipelining_bp'))} "
+            f"| {_fmt2(r.get('contended_limit'))} | {_pct(r.get('fraction_of_limit'))} "
             f"| {r.get('busy_per_stage')} | {r.get('predicted_ms_per_stage')} → {r.get('measured_ms_per_stage')} "
             f"| {opt} | {r.get('commit', '')} | {r.get('date', '')[:16].replace('T', ' ')} |"
         )
     for png in sorted(path.parent.glob(f"{path.stem}_*.png")):
         out += ["", f"![{png.stem}]({png.name})"]
     return out + [""]
+
+
+def _pct(v: str | None) -> str:
+    x = _f(v)
+    return "-" if x is None else f"{x:.0%}"
 
 
 def _grow_section(path: Path) -> list[str]:
@@ -120,4 +129,5 @@ SECTIONS: dict[str, Section] = {
     "throughput_": _throughput_section,
     "grow_": _lines_only(_grow_section),
     "depth_": depth_section,  # leaderboards/_depth.py; its `_runs.csv` sidecar renders with it
+    "memory_": memory_section,
 }

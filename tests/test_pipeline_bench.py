@@ -91,7 +91,8 @@ def test_each_local_method_runs_the_decoupled_engines_once(tmp_path, monkeypatch
     )
     assert seen[0][:2] == ("deinforeg-pipe", "deinforeg")  # the first pipeline decides the partition
     assert sorted((e, m, mb) for e, m, _, mb in seen if m == "bp") == [
-        ("1f1b", "bp", 2), ("bp-single", "bp", None), ("bp-single-mb", "bp", 2), ("dualpipev", "bp", 2),
+        ("1f1b", "bp", 2), ("bp-contended", "bp", None), ("bp-single", "bp", None), ("bp-single-mb", "bp", 2),
+        ("dualpipev", "bp", 2),
         ("gpipe", "bp", 2), ("zb-interleaved", "bp", 2), ("zbv", "bp", 2),
     ]  # fmt: skip
 
@@ -145,3 +146,80 @@ def test_finer_cuts_let_the_bench_choose_one_block_per_stage_by_measured_cost(tm
     assert "residual-block units chosen by choose_cuts" in written[0]["note"]
     pipe = next(r for r in written if r["engine"] == "deinforeg-pipe")
     assert len(pipe["predicted_ms_per_stage"].split("/")) == 2
+
+
+def test_memory_balanced_cuts_and_per_stage_peaks_counted_from_tensors(tmp_path, capsys):
+    """`--balance memory`: the fine units are measured (tensors counted) and cut where the stages' predicted peaks
+    balance; every stage's peak is zoo.memory's count of its second (warm-up) step, the same as --bench memory."""
+    cfg = _cfg(
+        tmp_path, model=["test_resnet"], model_kwargs="cut=block", engines=["bp-single", "deinforeg-pipe"],
+        steps=3, plot=False, balance="memory",
+    )  # fmt: skip
+    rows, written = _run(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert "cut=block: 4 units measured" in out and "memory-balanced cuts: blocks of " in out
+    assert "cuts balance memory" in written[0]["note"]
+    pipe = next(r for r in written if r["engine"] == "deinforeg-pipe")
+    peaks = [float(v) for v in pipe["peak_mem_mb_per_stage"].split("/")]
+    assert len(peaks) == 2 and all(v > 0 for v in peaks)
+    assert "tensors counted (zoo.memory)" in out
+
+
+def test_a_bad_balance_is_refused_by_the_launcher_and_the_harness(tmp_path, capsys):
+    from benchmarks.run import main
+    from zoo.pipeline import PipelineConfig
+    from zoo.pipeline.checks import check_config
+
+    with pytest.raises(UserError, match=r"unknown balance 'speed'; valid choices: time, memory"):
+        check_config(PipelineConfig(balance="speed"), devices=False)
+    assert main(["--bench", "pipeline", "--balance", "speed", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "valid choices: time, memory" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_contended_limit_and_each_pipelines_fraction_of_it_per_repeat():
+    """limit = (S independent BP processes' summed rate) / (one BP process's), per repeat; a pipeline's fraction is
+    its × BP over that repeat's limit, then the median."""
+    from benchmarks._pipeline_report import contended_limits, fraction_of_limit, summaries
+
+    def run(engine, rates):
+        stage = dict.fromkeys(("busy", "peak_mem_mb", "compute_s_per_step", "comm_s_per_step"), 1.0)
+        stage |= dict.fromkeys(("bytes_sent_per_step", "bytes_received_per_step", "recv_transfer_s_per_step"), 0.0)
+        stages = [stage | {"samples_per_s": r, "blocked_s_per_step": 0.0} for r in rates]
+        return {"stages": stages, "partition": None, "predicted_s": None, "profile": None, "engine": engine,
+                "method": "bp" if engine != "deinforeg-pipe" else "deinforeg", "m": None}  # fmt: skip
+
+    results = {
+        "bp-single": [run("bp-single", [100.0]), run("bp-single", [50.0]), run("bp-single", [100.0])],
+        # two processes at once: 90 + 90 of a solo 100 (limit 1.8), then 40 + 40 of a solo 50 (1.6), then 1.9
+        "bp-contended": [run("bp-contended", [90.0, 90.0]), run("bp-contended", [40.0, 40.0]),
+                         run("bp-contended", [95.0, 95.0])],
+        # the pipeline delivers its slowest stage: 162 (0.9 of 1.8), 72 (0.9 of 1.6), 171 (0.9 of 1.9)
+        "deinforeg-pipe": [run("deinforeg-pipe", [170.0, 162.0]), run("deinforeg-pipe", [72.0, 80.0]),
+                           run("deinforeg-pipe", [171.0, 180.0])],
+    }  # fmt: skip
+    summ = summaries(results)
+    assert summ["bp-contended"]["samples_per_s"] == 180.0  # the median of the summed rates
+    assert contended_limits(summ) == pytest.approx([1.8, 1.6, 1.9])
+    assert fraction_of_limit(summ, "deinforeg-pipe") == pytest.approx(0.9)
+    assert fraction_of_limit(summ, "bp-single") is None and fraction_of_limit(summ, "bp-contended") is None
+    del summ["bp-contended"]
+    assert contended_limits(summ) == [] and fraction_of_limit(summ, "deinforeg-pipe") is None
+
+
+def test_the_pipeline_rows_carry_the_contended_limit_and_the_renderer_shows_it(tmp_path, capsys):
+    from leaderboards.sections import _pipeline_section
+
+    cfg = _cfg(tmp_path, engines=["bp-single", "bp-contended", "deinforeg-pipe"], steps=4, plot=False)
+    _, written = _run(cfg, tmp_path)
+    out = capsys.readouterr().out
+    by = {r["engine"]: r for r in written}
+    assert set(by) == {"bp-single", "bp-contended", "deinforeg-pipe"} and by["bp-contended"]["stages"] == "2"
+    limit = float(by["bp-contended"]["speedup_vs_bp"])
+    assert all(float(r["contended_limit"]) == pytest.approx(limit, rel=1e-3) for r in written) and limit > 0
+    pipe = by["deinforeg-pipe"]
+    assert float(pipe["fraction_of_limit"]) == pytest.approx(float(pipe["speedup_vs_bp"]) / limit, rel=1e-3)
+    assert by["bp-single"]["fraction_of_limit"] == "" and "contended limit: 2 independent BP processes" in out
+    text = "\n".join(_pipeline_section(tmp_path / "lb" / "throughput_pipeline_cls_digits.csv"))
+    assert "| limit | of limit |" in text and f"| {limit:.2f} | {float(pipe['fraction_of_limit']):.0%} |" in text

@@ -23,6 +23,7 @@ runs its warm-up step profiled for that reason; do the same when tracking state 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-__all__ = ["CATEGORIES", "MemoryBreakdown", "MemoryTracker", "measure_memory", "state_bytes"]
+__all__ = ["CATEGORIES", "MemoryBreakdown", "MemoryTracker", "StepMemory", "measure_memory", "state_bytes"]
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations")
 MB = 2**20
@@ -224,3 +225,39 @@ def measure_train_step(trainer: Any, x: torch.Tensor, y: torch.Tensor, warmup: i
     for _ in range(warmup):
         _profiled(lambda: trainer.train_step(x, y))
     return measure_memory(lambda: trainer.train_step(x, y), trainer.device, trainer.model, trainer.optimizers, (x, y))
+
+
+class StepMemory:
+    """The training peak of a loop that is also timed (a pipeline stage, a timed single-device run): step `at`
+    (default the second) is tracked like `measure_train_step`'s, the steps before it run with the allocator
+    reporting (`_profiled`), the rest untouched. Put `at` inside the warm-up steps so the profiler's overhead stays
+    out of the timing window. Used as `with mem.step(t, inputs): ...` around each step's compute; `peak_mb()` and
+    `kind` read like `zoo.runtime.PeakMemory`'s, `result` is the MemoryBreakdown (None until step `at` ran)."""
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        model: nn.Module | None,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        at: int = 1,
+    ):
+        self.device, self.model, self.optimizers, self.at = torch.device(device), model, list(optimizers), at
+        self.result: MemoryBreakdown | None = None
+        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_tensor_events"
+
+    @contextlib.contextmanager
+    def step(self, t: int, inputs: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+        if t > self.at:
+            yield
+            return
+        if t < self.at:
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True):
+                yield
+            return
+        with MemoryTracker(self.device, self.model, self.optimizers, inputs) as mem:
+            yield
+        self.result = mem.result
+
+    def peak_mb(self) -> float:
+        return self.result.peak_mb if self.result is not None else float("nan")

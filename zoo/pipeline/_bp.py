@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..decoupled import Features, deepest
-from ..runtime import PeakMemory
+from ..memory import StepMemory
 from ..train import build_optimizers
 from ._comm import Watchdog
 from .engine import Batches, Builder, PipelineConfig, _cycle, _fault, _mark, _stage_stats, batch_size_of, build
@@ -167,7 +167,7 @@ def stage_bp(
     else:
         schedule = getattr(pp, MULTI_STAGE[cfg.engine][0])(stages, n_microbatches=cfg.micro_batches, loss_fn=loss_fn)
     compute, ends = [], []
-    mem = PeakMemory(device).start()
+    mem = StepMemory(device, torch.nn.ModuleList(list(blocks.values())), [opt], at=min(1, cfg.steps - 1))
     for t, (x, y) in enumerate(_cycle(batches, cfg.steps)):
         _mark(watchdog, f"starting step {t}")
         _fault(cfg, rank, t)
@@ -179,12 +179,13 @@ def stage_bp(
         if first and skips_in:
             x = x.requires_grad_(True)  # x travels on as a skip feature; pipelining sends gradients for every output
         args = (x.to(device),) if first else ()
-        if last:
-            schedule.step(*args, target=y.to(device), losses=[])
-        else:
-            schedule.step(*args)
-        opt.step()
-        lr.step()
+        with mem.step(t, [*args, y]):
+            if last:
+                schedule.step(*args, target=y.to(device), losses=[])
+            else:
+                schedule.step(*args)
+            opt.step()
+            lr.step()
         # one thread per stage: process CPU time is the busy time (gloo's transport threads add a little)
         compute.append(time.process_time() - c0)
         ends.append(time.perf_counter())

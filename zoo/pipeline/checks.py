@@ -16,6 +16,7 @@ from ..heads import LOCAL_METHODS
 from ._bp import MULTI_STAGE
 from ._replica import REPLICA_LOSSES
 from .engine import ENGINES, Batches, PipelineConfig, batch_size_of
+from .partition import BALANCES
 
 __all__ = [
     "LaunchError",
@@ -48,6 +49,8 @@ def check_config(
             f"the decoupled engine trains a local method; valid choices: {', '.join(LOCAL_METHODS)} "
             f"(got {cfg.method!r}; BP runs with engine gpipe or 1f1b)"
         )
+    if cfg.balance not in BALANCES:
+        raise LaunchError(f"unknown balance {cfg.balance!r}; valid choices: {', '.join(BALANCES)}")
     r = cfg.replicas
     if r < 1:
         raise LaunchError(f"--replicas must be at least 1, got {r}")

@@ -24,7 +24,7 @@ import torch
 
 from ..decoupled import DecoupledModel, Features, forward_block
 from ..heads import LOCAL_METHODS
-from ..runtime import PeakMemory
+from ..memory import StepMemory
 from ..train import NonFiniteLossError, TrainConfig, Trainer, build_optimizers, seed_everything, update
 from ._comm import DATA, Link, Watchdog
 from ._replica import average_buffers, average_grads, gather_losses, sync_bn
@@ -64,6 +64,7 @@ class PipelineConfig:
     replica_loss: str = "global"  # global: loss and BatchNorm over the stage's whole batch | shard: per replica
     oversubscribe: bool = False  # allow more local processes than devices (GPUs, or cores / threads on CPU)
     partition: list[int] | None = None  # blocks per stage; None: profile and balance
+    balance: str = "time"  # what a profiled partition balances: time | memory (parameters + saved activations)
     steps: int = 20  # optimizer steps per stage (one per batch)
     warmup_steps: int = 3  # steps left out of the throughput window
     micro_batches: int = 4  # BP engines: micro-batches per batch
@@ -228,7 +229,8 @@ def stage_decoupled(
     first, last = rank == 0, rank == world - 1
     prev, nxt = (rank - 1) * rep.count + rep.index, (rank + 1) * rep.count + rep.index  # global ranks
     source = _cycle(batches, cfg.steps) if first else None
-    mem = PeakMemory(device).start()
+    # tensors counted in one warm-up step (the second), as on one device (zoo.memory.measure_train_step)
+    mem = StepMemory(device, torch.nn.ModuleList(blocks), opts, at=min(1, cfg.steps - 1))
     wd = link.watchdog
     compute, ends = [], []
     for t in range(cfg.steps):
@@ -244,20 +246,21 @@ def stage_decoupled(
                 raise RuntimeError(f"stage {rank}: expected micro-batch {t}, got kind {msg.kind} step {msg.step}")
             feats, y = _unflatten(msg.tensors[:-1], arity), msg.tensors[-1]
         t0 = time.perf_counter()
-        losses = []
-        for k, block in zip(mine, blocks):
-            # the same forward, on the same RNG stream, as block k's in a single-process Trainer step
-            res = forward_block(block, k, feats, y, (rng_seed, t))
-            if res is None:  # frozen (forward only) or without a head
-                continue
-            loss = res[0]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(k, method, t, float(loss))
-            losses.append(loss)
-        if losses:
-            _update(losses, opts, lrs, groups, cfg.train.grad_clip, rep)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        with mem.step(t, [f for f in (*feats, y) if torch.is_tensor(f)]):
+            losses = []
+            for k, block in zip(mine, blocks):
+                # the same forward, on the same RNG stream, as block k's in a single-process Trainer step
+                res = forward_block(block, k, feats, y, (rng_seed, t))
+                if res is None:  # frozen (forward only) or without a head
+                    continue
+                loss = res[0]
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(k, method, t, float(loss))
+                losses.append(loss)
+            if losses:
+                _update(losses, opts, lrs, groups, cfg.train.grad_clip, rep)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         compute.append(time.perf_counter() - t0)
         if wd is not None:
             wd.step_done(compute[-1])
@@ -284,7 +287,7 @@ def stage_decoupled(
     }
 
 
-def _stage_stats(cfg, rank, engine, batch_size, compute, ends, link, mem: PeakMemory) -> dict[str, Any]:
+def _stage_stats(cfg, rank, engine, batch_size, compute, ends, link, mem: StepMemory) -> dict[str, Any]:
     wall, n = _window(ends, cfg.warmup_steps)
     w = len(ends) - n
     busy = sum(compute[w:])
@@ -304,7 +307,8 @@ def _stage_stats(cfg, rank, engine, batch_size, compute, ends, link, mem: PeakMe
         "bytes_received_per_step": (link.stats.bytes_received / len(ends)) if link is not None else 0,
         "bytes_sent": link.stats.bytes_sent if link is not None else 0,
         "bytes_sent_per_step": (link.stats.bytes_sent / len(ends)) if link is not None else 0,
-        "peak_mem_mb": mem.peak_mb(),  # zoo.runtime.PeakMemory: the same measure as every bench
+        "peak_mem_mb": mem.peak_mb(),  # zoo.memory: tensors counted in one warm-up step, as in --bench memory
+        "mem_kind": mem.kind,
         "steps": len(ends),
     }
 
@@ -325,12 +329,13 @@ def run_single(cfg: PipelineConfig, builder: Builder, batches: Batches, method: 
         model = build(cfg, builder, method)
         trainer = Trainer(model, cfg.train, cfg.steps, device)
         ends, compute = [], []
-        mem = PeakMemory(device).start()
-        for x, y in _cycle(batches, cfg.steps):
+        mem = StepMemory(device, model, trainer.optimizers, at=min(1, cfg.steps - 1))
+        for t, (x, y) in enumerate(_cycle(batches, cfg.steps)):
             t0 = time.perf_counter()
-            trainer.train_step(x, y)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            with mem.step(t, (x, y)):
+                trainer.train_step(x, y)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
             compute.append(time.perf_counter() - t0)
             ends.append(time.perf_counter())
     finally:

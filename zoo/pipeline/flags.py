@@ -16,6 +16,7 @@ from typing import Any
 
 from ._replica import REPLICA_LOSSES
 from .engine import PipelineConfig
+from .partition import BALANCES
 
 __all__ = ["PIPELINE_FLAGS", "PipelineFlag", "add_pipeline_flags", "config_default", "pipeline_values"]
 
@@ -54,6 +55,9 @@ PIPELINE_FLAGS = (
     PipelineFlag("oversubscribe", "allow more processes than devices (GPUs, or CPU cores / threads)"),
     PipelineFlag("partition", "blocks per stage, e.g. 3,1 (default: profile and balance)", int, many=True,
                  metavar="LIST", minimum=1),
+    PipelineFlag("balance", "what a profiled partition (and --model-kwargs cut=block's cuts) balances across the "
+                 "stages: their time, or their memory (parameters, optimizer state, saved activations)", str,
+                 choices=BALANCES),
     PipelineFlag("steps", "measured optimizer steps", int, metavar="N", minimum=1),
     PipelineFlag("warmup", "untimed steps first (left out of the throughput window)", int, metavar="N",
                  field="warmup_steps", minimum=0),

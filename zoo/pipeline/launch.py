@@ -99,9 +99,11 @@ def _decide_partition(
         x, y = batches[0]
         dev = stage_device(cfg, int(os.environ.get("LOCAL_RANK", rank)))
         profiles = profile_units(model.to(dev), x.to(dev), y.to(dev), cfg.train, repeats=cfg.profile_repeats)
-        part: Partition = partition_units(profiles, world)
+        part: Partition = partition_units(profiles, world, balance=cfg.balance)
         info = {"sizes": part.sizes, "predicted_s": part.predicted_s, "profile": [p.to_dict() for p in profiles]}
-        _log(cfg, 0, "partition (profiled: forward + local loss + backward + step per block)\n" + part.describe())
+        what = "memory (parameters + saved activations)" if cfg.balance == "memory" else "time"
+        _log(cfg, 0, f"partition balancing {what} (profiled: forward + local loss + backward + step per block)\n"
+             + part.describe())  # fmt: skip
     store.set("partition", json.dumps(info))
     return info
 

@@ -1,0 +1,108 @@
+"""`--bench memory` through the harness: rows with the environment columns, ratios against BP, the largest batch
+under a cap, the rendered section, and one-line exits (code 2) before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.results import read_rows
+from benchmarks.run import main
+from leaderboards._memory import memory_section
+
+TINY = ["--bench", "memory", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--threads", "1",
+        "--wandb", "disabled", "--no-progress"]  # fmt: skip
+
+
+def _bench(tmp_path, *extra):
+    lb = tmp_path / "lb"
+    argv = [*TINY, "--block-counts", "2", *extra, "--out", str(tmp_path / "runs")]
+    assert main([*argv, "--leaderboard-dir", str(lb)]) == 0
+    rows = read_rows(lb / "memory_cls_digits.csv")
+    peaks = [r for r in rows if not r["largest_batch"]]
+    capped = [r for r in rows if r["largest_batch"]]
+    assert [(r["method"], r["balance"]) for r in peaks] == [("bp", ""), ("deinforeg", "memory")]
+    return rows, peaks, capped, lb
+
+
+def test_memory_rows_ratios_and_section(tmp_path):
+    rows, peaks, capped, lb = _bench(tmp_path)
+    assert not capped
+    bp, dec = peaks
+    assert float(bp["ratio_vs_bp"]) == 1.0 and dec["num_blocks"] == "2" and dec["batch_size"] == "4"
+    assert float(dec["ratio_vs_bp"]) == pytest.approx(float(dec["peak_mb"]) / float(bp["peak_mb"]), rel=1e-4)
+    assert sum(map(int, dec["units_per_block"].split("+"))) == 8  # resnet18: 8 residual blocks
+    for r in rows:
+        assert r["commit"] and r["device"] and r["torch"] and r["run_id"] and r["mem_kind"] == "cpu_tensor_events"
+        parts = sum(float(r[c]) for c in ("parameters_mb", "gradients_mb", "optimizer_mb", "activations_mb"))
+        assert float(r["peak_mb"]) == pytest.approx(parts, rel=1e-4)
+    md, pngs = memory_section(lb / "memory_cls_digits.csv")
+    text = "\n".join(md)
+    assert "| resnet18 (16px) | deinforeg | 2 | memory |" in text and "| resnet18 (16px) | bp | - | - |" in text
+    assert "Largest batch" not in text and pngs and pngs[0].stat().st_size > 0
+
+
+@pytest.mark.slow  # about 50 s on a busy 2-core CPU: some 20 measured steps
+def test_largest_batch_under_a_cap_through_the_harness(tmp_path):
+    rows, peaks, capped, lb = _bench(tmp_path, "--img-size", "64", "--memory-cap-mb", "200")
+    assert [r["method"] for r in capped] == ["bp", "deinforeg"]
+    for r in capped:
+        assert float(r["peak_mb"]) <= 200 and int(r["largest_batch"]) == int(r["batch_size"]) >= 2
+    # block by block, the decoupled model fits a larger batch under the same cap than BP
+    assert int(capped[1]["largest_batch"]) > int(capped[0]["largest_batch"])
+    md, pngs = memory_section(lb / "memory_cls_digits.csv")
+    text = "\n".join(md)
+    assert "| resnet18 (64px) | deinforeg | 2 | memory | 200 |" in text
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--balance", "speed"], "--balance 'speed' is not valid; valid choices: time, memory"),
+        (["--memory-cap-mb", "1"], "--memory-cap-mb 1 is below what resnet18 holds at any batch"),
+        (["--memory-cap-mb", "-3"], "--memory-cap-mb must be positive"),
+        (["--stages", "2"], "--stages is for --bench pipeline, not --bench memory"),
+        (["--engines", "gpipe"], "is for --bench pipeline"),
+        (["--block-counts", "1,2"], "--block-counts must be >= 2"),
+    ],
+)
+def test_bad_memory_requests_exit_2_in_one_line_before_anything_runs(extra, needle, tmp_path, capsys):
+    assert main([*TINY, *extra, "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no run folder, no leaderboard
+
+
+def test_the_accuracy_table_reports_the_tensor_counted_peak_of_one_extra_step(tmp_path, monkeypatch):
+    """The main command's peak: zoo.memory's count of one extra step on a copy of the trained model (benchmarks/
+    _peak.py), equal to measuring that model directly; the trained weights are untouched by it."""
+    import benchmarks._runner as runner
+    from benchmarks._peak import training_peak
+
+    seen = {}
+
+    def spy(trainer, source):
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        mem = training_peak(trainer, source)
+        after = trainer.model.state_dict()
+        seen["unchanged"] = all(torch.equal(v, after[k]) for k, v in before.items())
+        seen["peak"] = mem.peak_mb
+        return mem
+
+    monkeypatch.setattr(runner, "training_peak", spy)
+    argv = ["--model", "paper_vgg", "--model-kwargs", "width=0.125", "--img-size", "16", "--train-size", "64",
+            "--eval-size", "32", "--epochs", "1", "--batch-size", "16", "--methods", "deinforeg", "--threads", "1",
+            "--wandb", "disabled", "--no-progress", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main([*argv, "--leaderboard-dir", str(tmp_path / "lb")]) == 0
+    (row,) = read_rows(tmp_path / "lb" / "accuracy_cls_digits.csv")
+    assert row["mem_kind"] == "cpu_tensor_events" and seen["unchanged"]
+    assert float(row["peak_mem_mb"]) == pytest.approx(seen["peak"], rel=1e-4) and seen["peak"] > 0
+
+
+def test_ratios_are_against_the_bp_row_of_the_same_model():
+    from benchmarks.memory import against_bp
+
+    rows = [dict(model=m, method=k, batch_size=64, peak_mb=p) for m, k, p in
+            (("a", "bp", 100.0), ("a", "deinforeg", 60.0), ("b", "bp", 400.0), ("b", "deinforeg", 200.0))]  # fmt: skip
+    assert [r["ratio_vs_bp"] for r in against_bp(rows)] == [1.0, 0.6, 1.0, 0.5]
