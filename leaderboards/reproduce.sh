@@ -26,6 +26,10 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0,0.2
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.4
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.6
+# issue 20: 5 seeds on timm resnet18, and the protocol without trusted labels (noisy validation) at 0.4 / 0.6
+# (on the selection-rule protocol these replace the rows above; not run yet)
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4
+# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4 --noise-rates 0.4,0.6 --val-noise
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes, one process per noise rate (each 12 runs; about 15 min a run on 1 thread beside another process, 10 on 2)
@@ -37,5 +41,15 @@ PY=${PYTHON:-.venv/bin/python}
 # pipeline x data parallel and S = 4, oversubscribed on 2 cores: correctness rows, not speed
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --replicas 2 --oversubscribe --steps 10 --engines bp-single,deinforeg-pipe --wandb disabled
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 4 --oversubscribe --steps 10 --engines bp-single,deinforeg-pipe --wandb disabled --no-plot
+# memory (issue 22): peaks count tensors, so a busy machine does not change them
+"$PY" -m benchmarks.run --bench memory --model resnet50 --img-size 224 --batch-size 64 --block-counts 2,4 --balance memory --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet18 --img-size 224 --batch-size 64 --block-counts 2,4 --balance memory --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet18 --img-size 224 --batch-size 64 --block-counts 2,4 --balance time --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet18 --img-size 32 --batch-size 64 --block-counts 2,4 --balance memory --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet18 --img-size 32 --batch-size 64 --block-counts 2,4 --balance time --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet50 --img-size 32 --batch-size 64 --block-counts 2,4 --balance memory --threads 1 --wandb disabled
+"$PY" -m benchmarks.run --bench memory --model resnet50 --img-size 32 --batch-size 64 --block-counts 2,4 --balance time --threads 1 --wandb disabled
+# depth (issue 25): 144 runs, about 7 h on one thread (not run yet)
+# "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
