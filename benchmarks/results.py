@@ -4,7 +4,8 @@ The environment every row records (`zoo.runtime.environment`: device, torch, com
 
 Leaderboard CSVs have fixed columns and are only ever appended to by the harness. Two runs that finish at once
 must not lose or tear a row: each append takes an exclusive `flock` on a sidecar lock file, writes the header only
-when the file is new, and writes the rows in one `write` followed by `fsync`.
+when the file is new, and writes the rows in one `write` followed by `fsync`. A CSV written before its bench gained
+columns is rewritten once with the new header (its rows leave the new columns empty).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
                 with open(path, newline="") as f:
                     header = next(csv.reader(f), [])
                 if header != list(columns):
-                    raise ValueError(f"{path} has columns {header}, expected {list(columns)}")
+                    _add_columns(path, header, list(columns))
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             if new:
@@ -107,6 +108,26 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return len(rows)
+
+
+def _add_columns(path: Path, header: list[str], columns: list[str]) -> None:
+    """A bench that gained columns since `path` was written: rewrite it with the new header (old rows leave the new
+    columns empty), atomically, under the caller's lock. A file with columns the bench no longer writes is refused."""
+    gone = [c for c in header if c not in columns]
+    if gone:
+        raise ValueError(
+            f"{path} has columns {gone} that this version no longer writes; move the file aside (for example to "
+            f"leaderboards/archive/) and run again"
+        )
+    old_rows = read_rows(path)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in old_rows:
+        w.writerow([r.get(c, "") for c in columns])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:

@@ -181,6 +181,19 @@ def test_two_runs_appending_at_once_lose_no_row(tmp_path):
     assert {r["model"] for r in rows} == {f"{t}-{i}" for t in "ab" for i in range(50)}
 
 
+def test_a_board_written_before_its_bench_gained_columns_keeps_its_rows(tmp_path):
+    from benchmarks.results import append_rows
+
+    path = tmp_path / "board.csv"
+    append_rows(path, [{"model": "old", "speed": 1.5}], ["model", "speed"])
+    append_rows(path, [{"model": "new", "speed": 2.0, "limit": 1.8}], ["model", "speed", "limit"])
+    rows = read_rows(path)
+    assert [(r["model"], r["speed"], r["limit"]) for r in rows] == [("old", "1.5000", ""), ("new", "2.0000", "1.8000")]
+    with pytest.raises(ValueError, match=r"\['speed'\].*no longer writes"):
+        append_rows(path, [{"model": "x"}], ["model", "limit"])
+    assert len(read_rows(path)) == 2
+
+
 @pytest.mark.dist
 def test_pipeline_throughput_through_the_harness_logs_rows_to_wandb(wandb_env):
     tmp = wandb_env
