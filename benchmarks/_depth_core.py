@@ -35,9 +35,10 @@ import torch
 import datasets
 import zoo
 from zoo.diagnostics import GradNorms, activation_scales
-from zoo.runtime import PeakMemory, resolve_device, sync
+from zoo.runtime import resolve_device, sync
 from zoo.train import Callback, TrainConfig, Trainer, TrainingStopped, seed_everything
 
+from ._peak import training_peak
 from ._wandb import start_run
 from .build import EpochBatches, eval_loader, user_errors
 
@@ -219,7 +220,6 @@ def train_run(
 
     grads = GradNorms(steps=recipe.grad_steps, every=len(source), log=wb.log)
     keep = _KeepSelected()
-    mem = PeakMemory(device).start()
     t0 = time.perf_counter()
     try:
         trainer.fit(source, recipe.epochs, val=lambda t: evaluate(val_loader), callbacks=[grads, keep, _Log(), _Stop()])
@@ -231,7 +231,8 @@ def train_run(
                           "on --resume") from None  # fmt: skip
     sync(device)
     wall = time.perf_counter() - t0
-    peak = mem.peak_mb()
+    mem = training_peak(trainer, source)  # tensors counted in one extra step on a copy (benchmarks/_peak.py)
+    peak = mem.peak_mb
 
     # the test split, read twice: at the final weights (exit chosen on the last epoch's validation) and at the
     # selected (epoch, exit); nothing after this point chooses anything
@@ -265,7 +266,7 @@ def train_run(
         "train_s": sum(trainer.step_times),
         "wall_s": wall,
         "peak_mem_mb": peak,
-        "mem_kind": mem.kind,
+        "mem_kind": mem.source,
         "history": [{k: r[k] for k in ("epoch", "step", "train_loss", "val_per_block")} for r in trainer.history],
         "grad_norms": grads.as_dict(),
         "act_init": [a._asdict() for a in act],

@@ -8,7 +8,8 @@ memory-balanced cuts; `balance="memory"` here chooses cuts the same way (zoo.pip
 `--bench memory` (`runs`, `run`): BP, then each local method of `--methods` at each K of `--block-counts`, cut by
 `--balance`, one real batch of `--batch-size` from the dataset; with `--memory-cap-mb`, also the largest batch that
 fits the cap for BP and each local method at each K → `leaderboards/memory_<task>_<dataset>.csv`. A segmentation model
-is cut at the SMP adapter's own stages (one row per method; `--block-counts` does not apply).
+at K is the SMP adapter's own grouping (`num_blocks=K`: equal groups of its units, the cut the segmentation sweep
+trains; K = 2 is InfoPro's), so its rows sit beside that sweep's mIoU; `--balance` applies to classifiers only.
 
 Each figure is `zoo.memory.measure_train_step`: tensors counted (CPU: the profiler's allocator events; CUDA:
 `max_memory_allocated`), split into parameters, gradients, optimizer state and activations, after one warm-up step
@@ -42,6 +43,7 @@ __all__ = [
     "choose_units",
     "largest_batch",
     "measure",
+    "prepare",
     "run",
     "runs",
     "state_floor_mb",
@@ -208,17 +210,32 @@ def state_floor_mb(model: torch.nn.Module) -> float:
     return (2 * params + buffers) / 2**20
 
 
+def prepare(cfg: RunConfig, given: set[str], note: Callable[[str, Any, str], None]) -> None:
+    """`--balance` chooses the cuts of classifiers; a segmentation model at K is its adapter's grouping."""
+    if cfg.task == "seg" and "balance" in given:
+        raise UserError("--balance is for classifiers: a segmentation model at K is the SMP adapter's num_blocks=K "
+                        "grouping (the cut the segmentation sweep trains)")  # fmt: skip
+
+
 def runs(cfg: RunConfig) -> list[MemoryRun]:
-    """BP, then each local method at each K (seg: at the adapter's own cut), then the same under the cap. A cap
-    below what the smallest of these models holds at any batch (`state_floor_mb`) is a UserError here, before
-    anything runs; a cap between that and the smallest batch's peak is found when measured (also a UserError)."""
-    from .build import build_model
+    """BP, then each local method at each K (seg: the adapter's `num_blocks=K` grouping), then the same under the
+    cap. A K the model cannot be cut into, or a cap below what the smallest of these models holds at any batch
+    (`state_floor_mb`), is a UserError here, before anything runs; a cap between that and the smallest batch's peak
+    is found when measured (also a UserError)."""
+    from .build import build_model, model_builder
 
     opts = cfg.options
     methods = list(dict.fromkeys(["bp", *cfg.methods]))
-    ks: list[int | None] = [None] if cfg.task == "seg" else list(dict.fromkeys(opts.block_counts))
-    if cfg.task != "seg" and any(k < 2 for k in ks):
+    ks: list[int | None] = list(dict.fromkeys(opts.block_counts))
+    if any(k < 2 for k in ks):
         raise UserError(f"--block-counts: a decoupled model needs at least 2 blocks, got {opts.block_counts}")
+    if "num_blocks" in cfg.model_kwargs or "block_units" in cfg.model_kwargs:
+        raise UserError("--bench memory cuts each model at every K of --block-counts: give K there, not as "
+                        "num_blocks / block_units in --model-kwargs")  # fmt: skip
+    if cfg.task == "seg":  # the adapter's own check: K from 2 to its stages + 1
+        for name in cfg.model:
+            for k in ks:
+                model_builder(cfg, name)(method=cfg.methods[0], num_blocks=k)
     peaks = [MemoryRun(n, m, None if m == "bp" else k, False) for n in cfg.model for m in methods
              for k in ([None] if m == "bp" else ks)]  # fmt: skip
     if opts.memory_cap_mb is None:

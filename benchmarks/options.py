@@ -106,8 +106,9 @@ PipelineOptions.__doc__ = """Multi-device pipeline throughput (one process per s
 class MemoryOptions:
     """Training peak memory per method and K against BP, one device, tensors counted (benchmarks/memory.py)."""
 
-    block_counts: list[int] = option([2, 4], "K: each local method cut into K blocks (cls; seg models keep their own "
-                                     "cut)", kind=int, many=True, minimum=2, metavar="LIST")  # fmt: skip
+    block_counts: list[int] = option([2, 4], "K: each local method cut into K blocks (seg: the SMP adapter's "
+                                     "num_blocks=K grouping, K up to its stages + 1)", kind=int, many=True, minimum=2,
+                                     metavar="LIST")  # fmt: skip
     balance: str = option("memory", "cuts that balance the blocks' activation memory or their time",
                           kind=str, choices=("time", "memory"))  # fmt: skip
     memory_cap_mb: float | None = option(None, "also the largest batch whose training peak fits this cap, for BP and "

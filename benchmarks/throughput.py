@@ -1,4 +1,4 @@
-"""Throughput bench: time and memory of one training step of each method on one device.
+"""Throughput bench: time and memory (tensors counted, `zoo.memory`) of one training step of each method on one device.
 
 Build (each method's model, one real batch of the dataset) → run (`warmup` untimed steps, then `steps` timed ones;
 the median is reported, robust to a shared CPU) → rows → `leaderboards/throughput_<task>_<dataset>.csv`, with each
@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoo.runtime import PeakMemory, resolve_device, sync
+from zoo.memory import measure_train_step
+from zoo.runtime import resolve_device, sync
 from zoo.train import Trainer, seed_everything
 
 from ._runner import train_config
@@ -73,9 +74,9 @@ def run(
         seed_everything(cfg.seeds[0])
         model = build_model(cfg, model_name, method)
         trainer = Trainer(model, train_config(cfg), total_steps=10**6, device=device)
-        mem = PeakMemory(device).start()
         times = time_steps(trainer, x, y, cfg.options.steps, cfg.options.warmup)
         med = statistics.median(times)
+        mem = measure_train_step(trainer, x, y)  # after the timed steps: the profiler stays out of the timing
         rows.append(
             {
                 **setup_columns(cfg, "throughput", model_name, method, model.num_blocks),
@@ -86,8 +87,8 @@ def run(
                 "step_ms": 1000 * med,
                 "step_ms_std": 1000 * statistics.stdev(times) if len(times) > 1 else 0.0,
                 "samples_per_s": n / med,
-                "peak_mem_mb": mem.peak_mb(),
-                "mem_kind": mem.kind,
+                "peak_mem_mb": mem.peak_mb,
+                "mem_kind": mem.source,
                 **env,
                 "run_id": run_id,
             }

@@ -97,6 +97,7 @@ def test_tiny_run_writes_rows_wandb_grad_norms_resumes_and_renders(tmp_path, mon
     for r in rows:
         assert (r["config_hash"], r["budget"], r["seeds"], r["epochs"]) == (cfg.config_hash(), "quick", "0;1", "2")
         assert r["commit"] and r["device"].startswith("cpu") and r["run_id"] == run_dir.name
+        assert r["mem_kind"] == "cpu_tensor_events" and float(r["peak_mem_mb"]) > 0  # tensors counted, not RSS
     results = [json.loads(p.read_text()) for p in sorted((run_dir / "runs").glob("plain8-*/result.json"))]
     dein = next(r for r in rows if r["method"] == "deinforeg")
     mine = sorted((r for r in results if r["method"] == "deinforeg"), key=lambda r: r["seed"])

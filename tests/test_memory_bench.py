@@ -55,6 +55,37 @@ def test_largest_batch_under_a_cap_through_the_harness(tmp_path):
     assert "| resnet18 (64px) | deinforeg | 2 | memory | 200 |" in text
 
 
+def test_a_segmentation_model_gets_a_row_per_k_of_its_own_grouping(tmp_path):
+    lb = tmp_path / "lb"
+    argv = ["--bench", "memory", "--task", "seg", "--model", "resnet18", "--img-size", "32", "--batch-size", "2",
+            "--block-counts", "2,6", "--threads", "1", "--wandb", "disabled", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(lb)]) == 0
+    rows = read_rows(lb / "memory_seg_shapes.csv")
+    assert [(r["method"], r["num_blocks"], r["balance"]) for r in rows[1:]] == [("deinforeg", "2", ""),
+                                                                              ("deinforeg", "6", "")]  # fmt: skip
+    assert rows[0]["method"] == "bp" and float(rows[0]["ratio_vs_bp"]) == 1.0
+    for r in rows:
+        parts = sum(float(r[c]) for c in ("parameters_mb", "gradients_mb", "optimizer_mb", "activations_mb"))
+        assert float(r["peak_mb"]) == pytest.approx(parts, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--block-counts", "7"], "num_blocks=7 is not possible"),
+        (["--balance", "time"], "--balance is for classifiers"),
+        (["--model-kwargs", "num_blocks=3"], "give K there, not as num_blocks"),
+    ],
+)
+def test_bad_segmentation_memory_requests_exit_2_in_one_line(argv, needle, tmp_path, capsys):
+    base = ["--bench", "memory", "--task", "seg", "--model", "resnet18", "--img-size", "32", "--batch-size", "2",
+            "--wandb", "disabled", "--no-progress"]  # fmt: skip
+    assert main([*base, *argv, "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "extra,needle",
     [
@@ -106,3 +137,14 @@ def test_ratios_are_against_the_bp_row_of_the_same_model():
     rows = [dict(model=m, method=k, batch_size=64, peak_mb=p) for m, k, p in
             (("a", "bp", 100.0), ("a", "deinforeg", 60.0), ("b", "bp", 400.0), ("b", "deinforeg", 200.0))]  # fmt: skip
     assert [r["ratio_vs_bp"] for r in against_bp(rows)] == [1.0, 0.6, 1.0, 0.5]
+
+
+def test_the_throughput_bench_counts_tensors_too(tmp_path):
+    argv = ["--bench", "throughput", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--steps", "2",
+            "--warmup", "1", "--methods", "bp,deinforeg", "--threads", "1", "--wandb", "disabled",
+            "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "lb")]) == 0
+    rows = read_rows(tmp_path / "lb" / "throughput_cls_digits.csv")
+    assert [r["method"] for r in rows] == ["bp", "deinforeg"]
+    for r in rows:
+        assert r["mem_kind"] == "cpu_tensor_events" and float(r["peak_mem_mb"]) > 0
