@@ -232,7 +232,7 @@ class StepMemory:
     (default the second) is tracked like `measure_train_step`'s, the steps before it run with the allocator
     reporting (`_profiled`), the rest untouched. Put `at` inside the warm-up steps so the profiler's overhead stays
     out of the timing window. Used as `with mem.step(t, inputs): ...` around each step's compute; `peak_mb()` and
-    `kind` read like `zoo.runtime.PeakMemory`'s, `result` is the MemoryBreakdown (None until step `at` ran)."""
+    `kind` give the peak and its source, `result` is the MemoryBreakdown (None until step `at` ran)."""
 
     def __init__(
         self,

@@ -1,17 +1,12 @@
-"""Where a run happens: the device, the commit, the environment columns every result row records, peak memory.
+"""Where a run happens: the device, the commit and the environment columns every result row records.
 
-One definition of each, used by every bench and by checkpoints, so rows of different benches compare.
-
-Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the growth of the process's peak resident set
-(VmHWM in /proc/self/status, reset through /proc/self/clear_refs) over the resident set at `start()`, measured after
-`malloc_trim` has handed freed heap pages back to the system (so earlier work in the same process does not hide this
-one's allocations): it counts tensors, autograd buffers and allocator caches.
+One definition of each, used by every bench and by checkpoints, so rows of different benches compare. Peak memory
+is `zoo.memory` (tensors counted: CPU allocator events, CUDA `max_memory_allocated`), the same for every bench.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import os
 import platform
 import subprocess
@@ -22,7 +17,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["PeakMemory", "environment", "git_commit", "resolve_device", "sync"]
+__all__ = ["environment", "git_commit", "resolve_device", "sync"]
 
 ENV_COLUMNS = ("device", "torch", "commit", "date")
 
@@ -85,51 +80,3 @@ def environment(device: str | torch.device = "cpu", ignore: Sequence[str] = ()) 
         "commit": git_commit(ignore=ignore) or "unknown",
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-def _proc_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory of a piece of work in MB: `start()`, do the work, `peak_mb()` (see the module docstring)."""
-
-    def __init__(self, device: str | torch.device):
-        self.device = torch.device(device)
-        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss_growth"
-        self._base = 0
-
-    def start(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        gc.collect()
-        _malloc_trim()  # hand freed heap pages back, so the resident set is close to live memory
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass
-        self._base = _proc_kb("VmRSS") or 0
-        return self
-
-    def peak_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        hwm = _proc_kb("VmHWM")
-        return float("nan") if hwm is None else max(0, hwm - self._base) / 1024
