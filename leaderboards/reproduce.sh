@@ -22,14 +22,19 @@ PY=${PYTHON:-.venv/bin/python}
 # converged recipes: the learning curves they were chosen from (leaderboards/explore/)
 "$PY" -m benchmarks.run --model resnet18 --methods bp,deinforeg --epochs 30 --leaderboard-dir leaderboards/explore --wandb disabled --no-progress --no-checkpoint
 "$PY" -m benchmarks.run --task seg --model resnet18 --methods bp,deinforeg --budget converged --epochs 24 --threads 1 --leaderboard-dir leaderboards/explore --wandb disabled --no-progress
-# converged grids (rows append per noise rate; `--resume runs/<run>` continues a stopped one)
-"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0,0.2
-"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.4
-"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --noise-rates 0.6
-# issue 20: 5 seeds on timm resnet18, and the protocol without trusted labels (noisy validation) at 0.4 / 0.6
-# (on the selection-rule protocol these replace the rows above; not run yet)
-# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4
-# "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4 --noise-rates 0.4,0.6 --val-noise
+# issue 20 grids on the selection-rule protocol: timm resnet18, 5 seeds, one process per rate (about 30 min each on
+# one thread; rows append per rate, `--resume runs/<run>` continues a stopped one); clean validation, then noisy
+for r in 0.0 0.2 0.4 0.6; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4 --noise-rates $r
+done
+for r in 0.4 0.6; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4 --noise-rates $r --val-noise
+done
+# issue 20's convergence rule: every method at 1.5x the epochs (18), 3 seeds, then the check against the grid above
+for r in 0.4 0.6; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --leaderboard-dir leaderboards/explore/convergence
+done
+"$PY" -m leaderboards.convergence leaderboards/curves_cls_digits.csv leaderboards/explore/convergence/curves_cls_digits.csv --epochs 12 --out leaderboards/explore/convergence/check_digits.md || true
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes, one process per noise rate (each 12 runs; about 15 min a run on 1 thread beside another process, 10 on 2)
@@ -49,6 +54,9 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --bench memory --model resnet18 --img-size 32 --batch-size 64 --block-counts 2,4 --balance time --threads 1 --wandb disabled
 "$PY" -m benchmarks.run --bench memory --model resnet50 --img-size 32 --batch-size 64 --block-counts 2,4 --balance memory --threads 1 --wandb disabled
 "$PY" -m benchmarks.run --bench memory --model resnet50 --img-size 32 --batch-size 64 --block-counts 2,4 --balance time --threads 1 --wandb disabled
+for m in resnet18 resnet50; do for px in 64 256; do  # Unet: K is the adapter's grouping, the segmentation sweep's cut
+  "$PY" -m benchmarks.run --bench memory --task seg --model $m --img-size $px --batch-size 16 --block-counts 2,3,6 --threads 1 --wandb disabled
+done; done
 # depth (issue 25): 144 runs, about 7 h on one thread (not run yet)
 # "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
