@@ -10,6 +10,9 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2 --optimizer sgd --lr 0.05
 # the pipeline rows from 2026-11-25 19:30 on (fused optimizers, pinned stages, GPipe / 1F1B at M = 2 and 4)
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3
+# issue 22: the pipeline against two independent BP processes at once (its contended limit), default cut and cut=block
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-pipe --wandb disabled
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-pipe --model-kwargs cut=block --wandb disabled
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2
 # grow (progressive depth; extension of a pulled checkpoint)
