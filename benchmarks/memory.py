@@ -194,7 +194,7 @@ def largest_batch(
 
 
 class MemoryRun(NamedTuple):
-    """One row of `--bench memory`: `num_blocks` None for BP (uncut) and for a model cut at its own stages."""
+    """One row of `--bench memory`: `num_blocks` None for BP (uncut), else K."""
 
     model: str
     method: str
@@ -226,7 +226,7 @@ def runs(cfg: RunConfig) -> list[MemoryRun]:
 
     opts = cfg.options
     methods = list(dict.fromkeys(["bp", *cfg.methods]))
-    ks: list[int | None] = list(dict.fromkeys(opts.block_counts))
+    ks: list[int] = list(dict.fromkeys(opts.block_counts))
     if any(k < 2 for k in ks):
         raise UserError(f"--block-counts: a decoupled model needs at least 2 blocks, got {opts.block_counts}")
     if "num_blocks" in cfg.model_kwargs or "block_units" in cfg.model_kwargs:

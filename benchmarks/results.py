@@ -93,15 +93,10 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
                     header = next(csv.reader(f), [])
                 if header != list(columns):
                     _add_columns(path, header, list(columns))
-            buf = io.StringIO()
-            w = csv.writer(buf, lineterminator="\n")
-            if new:
-                w.writerow(columns)
-            for r in rows:
-                w.writerow([format_value(r.get(c)) for c in columns])
+            text = _csv_text(rows, columns, header=new)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, buf.getvalue().encode())
+                os.write(fd, text.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -119,15 +114,20 @@ def _add_columns(path: Path, header: list[str], columns: list[str]) -> None:
             f"{path} has columns {gone} that this version no longer writes; move the file aside (for example to "
             f"leaderboards/archive/) and run again"
         )
-    old_rows = read_rows(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_csv_text(read_rows(path), columns, header=True))
+    os.replace(tmp, path)
+
+
+def _csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], header: bool) -> str:
+    """`rows` as CSV lines in `columns` order (missing keys empty), the header line first when `header`."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in old_rows:
-        w.writerow([r.get(c, "") for c in columns])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    if header:
+        w.writerow(columns)
+    for r in rows:
+        w.writerow([format_value(r.get(c)) for c in columns])
+    return buf.getvalue()
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:

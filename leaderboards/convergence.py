@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from .stats import mean_std
 
 __all__ = ["Setting", "compare", "main", "selected_val"]
 
@@ -61,6 +63,12 @@ def selected_val(path: str | Path, epochs: int) -> dict[tuple[str, ...], dict[st
     return {k: {s: v for s, (_, v) in seeds.items()} for k, seeds in best.items()}
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """`stats.mean_std`, with a single seed's std taken as 0 (the rule then allows 1 point)."""
+    mean, std = mean_std(values)
+    return mean, 0.0 if math.isnan(std) else std
+
+
 def compare(base_path: str | Path, longer_path: str | Path, epochs: int, longer: int) -> list[Setting]:
     """Every setting of the base curves at `epochs` against the same setting at `longer`, on the seeds both have."""
     base, more = selected_val(base_path, epochs), selected_val(longer_path, longer)
@@ -70,9 +78,9 @@ def compare(base_path: str | Path, longer_path: str | Path, epochs: int, longer:
         if not seeds:
             continue
         b, m = [base[key][s] for s in seeds], [more[key][s] for s in seeds]
-        moved = statistics.fmean(m) - statistics.fmean(b)
-        allowed = max(1.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-        out.append(Setting(key, seeds, b, m, moved, allowed, abs(moved) <= allowed))
+        (bm, bs), (mm, _) = _mean_std(b), _mean_std(m)
+        allowed = max(1.0, bs)
+        out.append(Setting(key, seeds, b, m, mm - bm, allowed, abs(mm - bm) <= allowed))
     return out
 
 
@@ -82,9 +90,7 @@ def _table(rows: Sequence[Setting], epochs: int, longer: int) -> str:
     lines = [head, "|" + "---|" * 10]
     for s in rows:
         model, kw, size, method, kind, rate, protocol = s.key
-        b, m = statistics.fmean(s.base), statistics.fmean(s.longer)
-        sb = statistics.stdev(s.base) if len(s.base) > 1 else 0.0
-        sm = statistics.stdev(s.longer) if len(s.longer) > 1 else 0.0
+        (b, sb), (m, sm) = _mean_std(s.base), _mean_std(s.longer)
         name = model + (f" ({kw})" if kw else "") + (f" {size}px" if size else "")
         holds = "yes" if s.holds else "**no**"
         lines.append(f"| {name} | {method} | {kind} {float(rate):g} | {protocol} | {len(s.seeds)} | {b:.2f} ± {sb:.2f} "
