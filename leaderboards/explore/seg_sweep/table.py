@@ -2,7 +2,9 @@
 
 python leaderboards/explore/seg_sweep/table.py  → markdown on stdout: one line per finished run (the harness's
 rows), then every run's validation curve (best exit per epoch) from its copied `logs/*.metrics.jsonl`, which also
-covers a run stopped before its last epoch (it wrote no row).
+covers a run stopped before its last epoch (it wrote no row); and `k_sweep.png` beside this file: test mIoU at the
+exit chosen on validation against K, one line per head (mean ± std over the seeds each row holds), BP as a band, and
+each design's training peak (tensors counted by the harness) in a second panel.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +52,58 @@ def main() -> None:
         print(
             f"| {f.name.removesuffix('.metrics.jsonl')} | {' '.join(f'{v:.1f}' for v in vals)} | {exit_}/{len(last)} |"
         )
+
+    print(f"\n![test mIoU against K]({plot(rows).name})")
+
+
+def _head(row: dict[str, str]) -> str:
+    m = re.search(r"head=(\w+)", row["model_kwargs"] or "")
+    return m.group(1) if m else "decoding"  # the seg adapter's default head (zoo.adapters.smp)
+
+
+def plot(rows: list[dict[str, str]], path: Path = HERE / "k_sweep.png") -> Path:
+    """Test mIoU (chosen exit) and training peak MB against K, one line per (method, head); BP as a horizontal band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
+    bp = [r for r in rows if r["method"] == "bp"]
+    for r in rows:
+        if r["method"] == "bp":
+            continue
+        key = f"{r['method']}, {_head(r)} head"
+        lines[key].append(
+            (int(r["num_blocks"]), float(r["metric_mean"]), float(r["metric_std"] or 0), float(r["peak_mem_mb"]))
+        )
+    fig, (acc, mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, pts in sorted(lines.items()):
+        pts.sort()
+        ks = [p[0] for p in pts]
+        acc.errorbar(ks, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=key)
+        mem.plot(ks, [p[3] for p in pts], marker="o", label=key)
+    for r in bp:
+        mean, std = float(r["metric_mean"]), float(r["metric_std"] or 0)
+        acc.axhline(mean, color="k", ls="--", lw=1, label=f"bp ({r['seeds'].count(';') + 1} seed(s))")
+        if std:
+            acc.axhspan(mean - std, mean + std, color="k", alpha=0.1)
+        mem.axhline(float(r["peak_mem_mb"]), color="k", ls="--", lw=1, label="bp")
+    n_seeds = sorted({r["seeds"].count(";") + 1 for r in rows})
+    acc.set(
+        xlabel="K (blocks)",
+        ylabel="test mIoU, exit chosen on validation",
+        title=f"shapes, Unet-resnet18, 64 px ({'/'.join(map(str, n_seeds))} seed(s) per point)",
+    )
+    mem.set(xlabel="K (blocks)", ylabel="training peak (MB, tensors counted)", title="memory of the same runs")
+    for ax in (acc, mem):
+        ax.set_xticks(sorted({k for pts in lines.values() for k, *_ in pts}))
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
