@@ -53,9 +53,8 @@ def setup_columns(cfg: Any, bench: str, model: str, method: str, num_blocks: int
     }
 
 
-# what runs append to and the renderer rewrites (leaderboards, their learning curves and noise audits, plots, README):
-# changes there leave the code a row names unchanged
-RESULT_FILES = ("leaderboards/*.csv", "leaderboards/*.png", "leaderboards/README.md")
+# what runs append to and the renderer rewrites: defined in zoo.runtime, which checkpoints use too
+RESULT_FILES = runtime.RESULT_FILES
 
 
 def environment(device: Any = "cpu") -> dict[str, str]:

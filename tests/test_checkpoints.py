@@ -287,3 +287,42 @@ def test_seg_checkpoint_saved_before_head_default_rebuilds_its_layout(tmp_path: 
         for a, b in zip(old.forward_blocks(x), loaded.forward_blocks(x), strict=True):
             assert torch.equal(a, b)
     assert zoo.create_model("resnet18", **kw).config["head_kwargs"] == {"head": "decoding"}  # new ones record it
+
+
+def test_checkpoint_commit_ignores_result_files_a_sibling_run_appended(tmp_path: Path):
+    """A run beside another in one checkout: rows the other appended to a tracked leaderboard CSV do not make the
+    checkpoint's commit `+dirty` (the code is the commit's); a changed source file does."""
+    import subprocess
+
+    from zoo.runtime import RESULT_FILES, git_commit
+
+    def git(*a: str) -> None:
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "leaderboards").mkdir()
+    (tmp_path / "leaderboards" / "noise_cls_digits.csv").write_text("a,b\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (tmp_path / "leaderboards" / "noise_cls_digits.csv").write_text("a,b\n1,2\n")
+    clean = git_commit(tmp_path, full=True, ignore=RESULT_FILES)
+    assert clean and not clean.endswith("+dirty") and len(clean) == 40
+    assert git_commit(tmp_path, full=True).endswith("+dirty")  # without the ignore list it would be
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, full=True, ignore=RESULT_FILES).endswith("+dirty")
+
+
+def test_checkpoint_records_the_commit_without_result_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen = {}
+
+    def fake(*a, **k):
+        seen.update(k)
+        return "f" * 40
+
+    monkeypatch.setattr(ck, "git_commit", fake)
+    ck.save_checkpoint(_tiny(), tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["commit"] == "f" * 40
+    from zoo.runtime import RESULT_FILES
+
+    assert tuple(seen.get("ignore", ())) == RESULT_FILES

@@ -25,7 +25,7 @@ from .decoupled import DecoupledModel
 from .errors import CheckpointError
 from .grow import regrow
 from .hub import fetch_url_folder, get_pretrained_entry, is_hf_hub, is_url, pull, pull_hf_hub
-from .runtime import git_commit
+from .runtime import RESULT_FILES, git_commit
 
 __all__ = [
     "CheckpointError",
@@ -129,7 +129,8 @@ def save_checkpoint(
         "input_size": _input_size(mcfg),
         "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
         "torch_version": torch.__version__,
-        "commit": git_commit(full=True),
+        # result files another run appended to in the same checkout do not change the code: not `+dirty`
+        "commit": git_commit(full=True, ignore=RESULT_FILES),
     }
     for k in ("mean", "std", "interpolation", "crop_pct"):
         if k in mcfg:

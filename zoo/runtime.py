@@ -17,7 +17,11 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["environment", "git_commit", "resolve_device", "sync"]
+__all__ = ["RESULT_FILES", "environment", "git_commit", "resolve_device", "sync"]
+
+# what runs append to and the renderer rewrites (leaderboards, their learning curves and noise audits, plots, README):
+# changes there leave the code a row or a checkpoint names unchanged, so they never make a commit `+dirty`
+RESULT_FILES = ("leaderboards/*.csv", "leaderboards/*.png", "leaderboards/README.md")
 
 ENV_COLUMNS = ("device", "torch", "commit", "date")
 
