@@ -58,7 +58,11 @@ def main() -> None:
 
 def _head(row: dict[str, str]) -> str:
     m = re.search(r"head=(\w+)", row["model_kwargs"] or "")
-    return m.group(1) if m else "decoding"  # the seg adapter's default head (zoo.adapters.smp)
+    return m.group(1) if m else "default"  # the row does not say; the adapter's default changed on 2026-12-03
+
+
+def _n_seeds(row: dict[str, str]) -> int:
+    return row["seeds"].count(";") + 1
 
 
 def plot(rows: list[dict[str, str]], path: Path = HERE / "k_sweep.png") -> Path:
@@ -85,11 +89,11 @@ def plot(rows: list[dict[str, str]], path: Path = HERE / "k_sweep.png") -> Path:
         mem.plot(ks, [p[3] for p in pts], marker="o", label=key)
     for r in bp:
         mean, std = float(r["metric_mean"]), float(r["metric_std"] or 0)
-        acc.axhline(mean, color="k", ls="--", lw=1, label=f"bp ({r['seeds'].count(';') + 1} seed(s))")
+        acc.axhline(mean, color="k", ls="--", lw=1, label=f"bp ({_n_seeds(r)} seed(s))")
         if std:
             acc.axhspan(mean - std, mean + std, color="k", alpha=0.1)
         mem.axhline(float(r["peak_mem_mb"]), color="k", ls="--", lw=1, label="bp")
-    n_seeds = sorted({r["seeds"].count(";") + 1 for r in rows})
+    n_seeds = sorted({_n_seeds(r) for r in rows})
     acc.set(
         xlabel="K (blocks)",
         ylabel="test mIoU, exit chosen on validation",
