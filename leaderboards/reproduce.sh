@@ -41,7 +41,8 @@ done
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes: per noise rate two processes split by method, one thread each, side by side (the recipe hash leaves the
-# method out, so their rows share one table); 2026-12-03: 92 / 95 min for noise 0 (6 runs each, 15-19 min a run)
+# method out, so their rows share one table); 2026-12-03: 92 / 95 min for noise 0 at the old 16-epoch budget (6 runs
+# each, 15-19 min a run); the budget is 24 epochs now (20-26 min a run, about 2 h 20 min a rate)
 for r in 0.0 0.4; do
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods bp,deinforeg --threads 1 &
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods greedy,scpl --threads 1
