@@ -34,11 +34,15 @@ for r in 0.4 0.6; do
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2,3,4 --noise-rates $r --val-noise
 done
 # issue 20's convergence rule: every method at 1.5x the epochs (18), 3 seeds, then the check against the grid above
-for r in 0.4 0.6; do
-  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --leaderboard-dir leaderboards/explore/convergence
+# (about 22 min a rate on one thread; two rates side by side in two clean clones, rows merged)
+for r in 0.0 0.2 0.4 0.6; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --threads 1 --leaderboard-dir leaderboards/explore/convergence
+done
+"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
+for r in 0.2 0.4; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --threads 1 --leaderboard-dir leaderboards/explore/convergence
 done
 "$PY" -m leaderboards.convergence leaderboards/curves_cls_digits.csv leaderboards/explore/convergence/curves_cls_digits.csv --epochs 12 --out leaderboards/explore/convergence/check_digits.md || true
-"$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes: per noise rate two processes split by method, one thread each, side by side (the recipe hash leaves the
 # method out, so their rows share one table); 2026-12-03: 92 / 95 min for noise 0 at the old 16-epoch budget (6 runs
@@ -65,7 +69,13 @@ done
 for m in resnet18 resnet50; do for px in 64 256; do  # Unet: K is the adapter's grouping, the segmentation sweep's cut
   "$PY" -m benchmarks.run --bench memory --task seg --model $m --img-size $px --batch-size 16 --block-counts 2,3,6 --threads 1 --wandb disabled
 done; done
-# depth (issue 25): 144 runs, about 7 h on one thread (not run yet)
-# "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1
+# depth (issue 25): 144 runs, 1 h 45 min as two processes split by --depths (2026-12-03: 6,267 s for 8,16,32 beside
+# 4,570 s for 48), then BP at depth 48 at 1.5x the epochs (the budget check in leaderboards/explore/depth/)
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 8,16,32 &
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --leaderboard-dir runs/depth48_lane
+wait
+tail -n +2 runs/depth48_lane/depth_cls_digits.csv >> leaderboards/depth_cls_digits.csv
+tail -n +2 runs/depth48_lane/depth_cls_digits_runs.csv >> leaderboards/depth_cls_digits_runs.csv
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --methods bp --epochs 72 --leaderboard-dir leaderboards/explore/depth/e72
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
