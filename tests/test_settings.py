@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.options import BENCHES, NoiseOptions, PipelineOptions, bench_fields, owners
+from benchmarks.options import BENCHES, DepthOptions, NoiseOptions, PipelineOptions, bench_fields, owners
 from benchmarks.plan import derived_lines, resolve
 from benchmarks.run import main
 from benchmarks.settings import Settings, flag_name
@@ -39,14 +39,19 @@ def _recomputed(row: dict[str, str]) -> set[str]:
         [None, int(row["train_size"])],
     ):  # fmt: skip
         noisy_val = row.get("val_protocol") == "noisy"  # --val-noise joins the hash only when set
-        options = (NoiseOptions(noise_kind=row["noise_kind"], val_noise=noisy_val) if row["bench"] == "noise"
-                   else BENCHES["accuracy"][0]())  # fmt: skip
+        if row["bench"] == "noise":
+            options = NoiseOptions(noise_kind=row["noise_kind"], val_noise=noisy_val)
+        elif row["bench"] == "depth":  # its rows name the recipe options they used; arch, eval size: the defaults
+            options = DepthOptions(width=int(row["width"]), layers_per_block=int(row["layers_per_block"]))
+        else:
+            options = BENCHES["accuracy"][0]()
+        eval_size = row.get("eval_size", "all")
         s = Settings(
-            task=row["task"], arch=row["arch"] or None, dataset=row["dataset"], epochs=int(row["epochs"]),
+            task=row["task"], arch=row.get("arch") or None, dataset=row["dataset"], epochs=int(row["epochs"]),
             batch_size=int(row["batch_size"]), num_blocks=nb, img_size=img, train_size=n,
-            eval_size=None if row["eval_size"] == "all" else int(row["eval_size"]),
-            model_kwargs=_kwargs(row["model_kwargs"]), optimizer=row["optimizer"], lr=float(row["lr"]),
-            weight_decay=float(row["weight_decay"]), train_aug=row["train_aug"] == "true",
+            eval_size=None if eval_size == "all" else int(eval_size),
+            model_kwargs=_kwargs(row.get("model_kwargs", "")), optimizer=row["optimizer"], lr=float(row["lr"]),
+            weight_decay=float(row["weight_decay"]), train_aug=row.get("train_aug", "false") == "true",
             bn_recalib=row["bn_recalib"] == "true", bench=row["bench"], options=options,
         )  # fmt: skip
         hashes.add(s.config_hash())
@@ -55,13 +60,15 @@ def _recomputed(row: dict[str, str]) -> set[str]:
 
 def test_every_committed_row_hash_recomputes_from_its_settings():
     rows = [(p.name, r) for p in BOARDS for r in csv.DictReader(p.open()) if r.get("config_hash")]
-    boards = [(name, r) for name, r in rows if "num_blocks" in r]  # the leaderboards (the rest: their curves)
+    # the leaderboards (the rest: their curves and per-run tables)
+    boards = [(name, r) for name, r in rows if "num_blocks" in r and not name.endswith("_runs.csv")]
     assert len(boards) >= 40  # accuracy and noise boards, cls and seg
     bad = [(name, r["model"], r["method"], r["config_hash"]) for name, r in boards if r["config_hash"] not in
            _recomputed(r)]  # fmt: skip
     assert not bad
     hashes = {r["config_hash"] for _, r in boards}
-    assert {r["config_hash"] for name, r in rows if name.startswith("curves_")} <= hashes  # curves of those rows
+    sidecars = {r["config_hash"] for name, r in rows if name.startswith("curves_") or name.endswith("_runs.csv")}
+    assert sidecars <= hashes  # the curves and runs of those rows
 
 
 def test_a_new_recipe_option_at_its_default_leaves_every_hash_unchanged():
