@@ -10,9 +10,15 @@ a verdict; nothing is trained here.
         leaderboards/explore/convergence/curves_cls_digits.csv --epochs 12 --longer 18 [--out table.md]
 
 Both files are `curves_<task>_<dataset>.csv` (one row per run and epoch: `val_chosen` is that epoch's best exit on
-validation). Runs are grouped by `run_id` + `seed` + setting, so two grids appended to one file stay apart; a
-setting present in only one of the two files is listed as not compared. Exit code 0 when every compared setting
-holds, 1 when one moves more than the rule allows, 2 on a user error (a missing file, no runs at an epoch count).
+validation), or both are the depth bench's per-run tables `depth_<task>_<dataset>_runs.csv` (one row per run:
+`val_best_per_epoch` holds each epoch's best exit on validation; a setting is depth × norm × init × method):
+
+    python -m leaderboards.convergence leaderboards/depth_cls_digits_runs.csv \\
+        leaderboards/explore/depth/e72/depth_cls_digits_runs.csv --epochs 48
+
+Runs are grouped by `run_id` + `seed` + setting, so two grids appended to one file stay apart; a setting present in
+only one of the two files is not compared. Exit code 0 when every compared setting holds, 1 when one moves more
+than the rule allows, 2 on a user error (a missing file, no runs at an epoch count).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .stats import mean_std
 __all__ = ["Setting", "compare", "main", "selected_val"]
 
 KEY = ("model", "model_kwargs", "img_size", "method", "noise_kind", "noise_rate", "val_protocol")
+RUNS_KEY = ("model", "depth", "norm", "init", "method")  # a depth bench's per-run table
 
 
 class Setting(NamedTuple):
@@ -50,11 +57,13 @@ def selected_val(path: str | Path, epochs: int) -> dict[tuple[str, ...], dict[st
     best: dict[tuple[str, ...], dict[str, tuple[str, float]]] = {}
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            if int(r["epochs"]) != epochs or not r["val_chosen"]:
+            per_run = "val_best_per_epoch" in r  # a per-run table: the run's whole curve in one cell
+            curve = [float(v) for v in r["val_best_per_epoch"].split(";") if v] if per_run else []
+            if int(r["epochs"]) != epochs or not (curve if per_run else r["val_chosen"]):
                 continue
-            key = tuple(r.get(k, "") for k in KEY)
+            key = tuple(r.get(k, "") for k in (RUNS_KEY if per_run else KEY))
             per_seed = best.setdefault(key, {})
-            run, value = r["run_id"], float(r["val_chosen"])
+            run, value = r["run_id"], max(curve) if per_run else float(r["val_chosen"])
             old = per_seed.get(r["seed"])
             if old is None or run > old[0]:
                 per_seed[r["seed"]] = (run, value)
@@ -85,6 +94,8 @@ def compare(base_path: str | Path, longer_path: str | Path, epochs: int, longer:
 
 
 def _table(rows: Sequence[Setting], epochs: int, longer: int) -> str:
+    if rows and len(rows[0].key) == len(RUNS_KEY):
+        return _runs_table(rows, epochs, longer)
     head = (f"| model | method | noise | val labels | seeds | selected val at {epochs} ep | at {longer} ep | moved | "
             "allowed | holds |")  # fmt: skip
     lines = [head, "|" + "---|" * 10]
@@ -98,10 +109,25 @@ def _table(rows: Sequence[Setting], epochs: int, longer: int) -> str:
     return "\n".join(lines)
 
 
+def _runs_table(rows: Sequence[Setting], epochs: int, longer: int) -> str:
+    head = (f"| model | depth | norm | init | method | seeds | selected val at {epochs} ep | at {longer} ep | moved | "
+            "allowed | holds |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
+    for s in sorted(rows, key=lambda s: (s.key[2], s.key[3], int(s.key[1] or 0), s.key[4])):
+        model, depth, norm, init, method = s.key
+        (b, sb), (m, sm) = _mean_std(s.base), _mean_std(s.longer)
+        holds = "yes" if s.holds else "**no**"
+        lines.append(f"| {model} | {depth} | {norm} | {init} | {method} | {len(s.seeds)} | {b:.2f} ± {sb:.2f} | "
+                     f"{m:.2f} ± {sm:.2f} | {s.moved:+.2f} | {s.allowed:.2f} | {holds} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m leaderboards.convergence", description=__doc__.splitlines()[0])
-    p.add_argument("base", help="curves CSV of the grid at the budget under test")
-    p.add_argument("longer", help="curves CSV of the same settings trained 1.5x longer (may be the same file)")
+    p.add_argument("base", help="curves CSV (or a depth bench's _runs.csv) of the grid at the budget under test")
+    p.add_argument(
+        "longer", help="the same kind of file for the same settings trained 1.5x longer (may be the same file)"
+    )
     p.add_argument("--epochs", type=int, required=True, help="the budget under test")
     p.add_argument("--longer", dest="more", type=int, help="the longer budget (default: 1.5x --epochs)")
     p.add_argument("--out", help="also write the table (markdown) here")

@@ -51,3 +51,30 @@ def test_exit_codes_for_a_converged_grid_and_for_user_errors(tmp_path, capsys):
     assert main([str(path), str(path), "--epochs", "5"]) == 2
     err = capsys.readouterr().err
     assert "no such curves file" in err and "no setting has runs at both 5 and 8 epochs" in err
+
+
+def _runs(path, epochs, run, per_setting):
+    """A depth bench's per-run table: per (norm, method), per seed, the best exit's validation curve in one cell."""
+    fields = ["model", "depth", "norm", "init", "method", "epochs", "seed", "val_best_per_epoch", "run_id"]
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        if f.tell() == 0:
+            w.writeheader()
+        for (norm, method), seeds in per_setting.items():
+            for seed, curve in enumerate(seeds):
+                w.writerow({"model": "plain_cnn", "depth": 48, "norm": norm, "init": "kaiming", "method": method,
+                            "epochs": epochs, "seed": seed, "val_best_per_epoch": ";".join(map(str, curve)),
+                            "run_id": run})  # fmt: skip
+
+
+def test_the_depth_bench_runs_tables_are_checked_per_depth_norm_init_and_method(tmp_path, capsys):
+    base, longer = tmp_path / "runs.csv", tmp_path / "runs72.csv"
+    _runs(base, 2, "a", {("bn", "bp"): [[80, 90], [85, 88]], ("bn", "deinforeg"): [[97, 98], [98, 97]]})
+    more = {("bn", "bp"): [[80, 90, 95], [85, 88, 96]], ("bn", "deinforeg"): [[97, 98, 98], [98, 97, 98.5]]}
+    _runs(longer, 3, "b", more)
+    rows = {s.key[4]: s for s in compare(base, longer, 2, 3)}
+    assert rows["bp"].base == [90, 88] and rows["bp"].longer == [95, 96] and not rows["bp"].holds
+    assert rows["deinforeg"].holds and rows["deinforeg"].moved == pytest.approx(0.25)
+    assert main([str(base), str(longer), "--epochs", "2", "--longer", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "| plain_cnn | 48 | bn | kaiming | bp | 2 |" in out and "not converged: 1 of 2 settings" in out
