@@ -33,6 +33,13 @@ def _k(r: dict[str, str]) -> str:
     return "-" if r["method"] == "bp" else r["num_blocks"]  # BP trains uncut whatever its stage count
 
 
+def _counted(r: dict[str, str]) -> str:
+    """How the peak was counted, and on what: the CPU tracker, or CUDA's allocator on the named card."""
+    if r.get("mem_kind") == "cuda_max_allocated":
+        return f"CUDA max allocated ({r.get('device', 'GPU')})"
+    return "CPU tensor events"
+
+
 def _label(r: dict[str, str]) -> str:
     if r["method"] == "bp":
         return "bp"
@@ -45,8 +52,12 @@ def _plot(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
     groups = {k: rs for k, rs in groups.items() if rs}
     if not groups:
         return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
-    for ax, rs in zip(axes[0], groups.values()):
+    ncol = min(4, len(groups))
+    nrow = -(-len(groups) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 4.2 * nrow), squeeze=False)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_visible(False)
+    for ax, rs in zip(axes.flat, groups.values()):
         rs = sorted(rs, key=_order)
         bottom = [0.0] * len(rs)
         for col, name, color in PARTS:
@@ -62,7 +73,8 @@ def _plot(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
             ax.axhline(bp[0], color=COLORS["bp"], lw=0.8, ls="--")
         ax.set_xticks(range(len(rs)), [_label(r) for r in rs], rotation=35, ha="right", fontsize=7)
         ax.set_ylabel("training peak (MB)")
-        ax.set_title(f"{setup_name(rs[0])}, batch {rs[0]['batch_size']}", fontsize=9)
+        gpu = " [CUDA]" if rs[0].get("mem_kind") == "cuda_max_allocated" else ""
+        ax.set_title(f"{setup_name(rs[0])}, batch {rs[0]['batch_size']}{gpu}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -81,9 +93,10 @@ def memory_section(path: Path) -> tuple[list[str], list[Path]]:
     md = [f"## {path.stem}", "",
           "Training peak of one step (after a warm-up step), tensors counted (`zoo.memory`: CPU allocator events, or "
           "CUDA `max_memory_allocated`), split at the peak; local methods trained block by block. `units`: residual "
-          "blocks per block of the chosen cut; `balance`: cuts balancing the blocks' activation memory or time.", "",
-          "| setup | method | K | balance | units | batch | peak MB | × BP | params | grads | optimizer "
-          "| activations | commit |", "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+          "blocks per block of the chosen cut; `balance`: cuts balancing the blocks' activation memory or time; "
+          "`counted`: the CPU tracker, or CUDA on the named card (its rows ran that machine's own torch).", "",
+          "| setup | counted | method | K | balance | units | batch | peak MB | × BP | params | grads | optimizer "
+          "| activations | commit |", "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     groups: dict[tuple, list[dict[str, str]]] = {}
     for r in peaks:
         groups.setdefault(tuple(r.get(k, "") for k in SETUP) + (r.get("batch_size", ""),), []).append(r)
@@ -92,17 +105,17 @@ def memory_section(path: Path) -> tuple[list[str], list[Path]]:
             ratio = _f(r.get("ratio_vs_bp"))
             parts = " | ".join(f"{_f(r.get(c)) or 0:.1f}" for c, _, _ in PARTS)
             md.append(
-                f"| {setup_name(r)} | {r['method']} | {_k(r)} | {r.get('balance') or '-'} "
+                f"| {setup_name(r)} | {_counted(r)} | {r['method']} | {_k(r)} | {r.get('balance') or '-'} "
                 f"| {r.get('units_per_block') or '-'} | {r['batch_size']} | {float(r['peak_mb']):.1f} "
                 f"| {'-' if ratio is None else f'{ratio:.3f}'} | {parts} | {r.get('commit', '')} |"
             )
     if capped:
         md += ["", "Largest batch whose training peak fits the cap:", "",
-               "| setup | method | K | balance | cap MB | largest batch | its peak MB | commit |",
-               "|---|---|---:|---|---:|---:|---:|---|"]  # fmt: skip
-        for r in sorted(capped, key=lambda r: (setup_name(r), *_order(r))):
+               "| setup | counted | method | K | balance | cap MB | largest batch | its peak MB | commit |",
+               "|---|---|---|---:|---|---:|---:|---:|---|"]  # fmt: skip
+        for r in sorted(capped, key=lambda r: (setup_name(r), r.get("mem_kind", ""), *_order(r))):
             md.append(
-                f"| {setup_name(r)} | {r['method']} | {_k(r)} | {r.get('balance') or '-'} "
+                f"| {setup_name(r)} | {_counted(r)} | {r['method']} | {_k(r)} | {r.get('balance') or '-'} "
                 f"| {float(r['memory_cap_mb']):g} | {r['largest_batch']} | {float(r['peak_mb']):.1f} "
                 f"| {r.get('commit', '')} |"
             )

@@ -38,7 +38,10 @@ def test_memory_rows_ratios_and_section(tmp_path):
         assert float(r["peak_mb"]) == pytest.approx(parts, rel=1e-4)
     md, pngs = memory_section(lb / "memory_cls_digits.csv")
     text = "\n".join(md)
-    assert "| resnet18 (16px) | deinforeg | 2 | memory |" in text and "| resnet18 (16px) | bp | - | - |" in text
+    assert (
+        "| resnet18 (16px) | CPU tensor events | deinforeg | 2 | memory |" in text
+        and "| resnet18 (16px) | CPU tensor events | bp | - | - |" in text
+    )
     assert "Largest batch" not in text and pngs and pngs[0].stat().st_size > 0
 
 
