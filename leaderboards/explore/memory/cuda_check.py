@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="CSV the rows are appended to")
     ap.add_argument("--quick", action="store_true", help="two tiny settings, to try the script")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for the CPU half")
+    ap.add_argument("--task-model", default=None, help="only the settings of this task:model, e.g. cls:resnet50")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("cuda_check: no CUDA device here; this check compares the CPU tracker with CUDA on one machine")
@@ -85,7 +86,8 @@ def main() -> None:
         w = csv.DictWriter(f, COLUMNS)
         if new:
             w.writeheader()
-        for task, model, img, batch, method, cut in QUICK if a.quick else SETTINGS:
+        settings = [s for s in (QUICK if a.quick else SETTINGS) if a.task_model in (None, f"{s[0]}:{s[1]}")]
+        for task, model, img, batch, method, cut in settings:
             g = torch.Generator().manual_seed(0)
             x = torch.randn(batch, 3, img, img, generator=g)
             shape = (batch, img, img) if task == "seg" else (batch,)
