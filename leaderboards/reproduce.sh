@@ -69,6 +69,9 @@ done
 for m in resnet18 resnet50; do for px in 64 256; do  # Unet: K is the adapter's grouping, the segmentation sweep's cut
   "$PY" -m benchmarks.run --bench memory --task seg --model $m --img-size $px --batch-size 16 --block-counts 2,3,6 --threads 1 --wandb disabled
 done; done
+# the same on CUDA (needs a GPU; 2026-12-04 on one NVIDIA H200, the rows at the end of memory_cls_digits.csv and in
+# explore/memory/h200/): DEINFOREG_COMMIT=<clean commit> bash leaderboards/explore/memory/gpu_run.sh (gpu_rerun.sh:
+# the resnet50 224 px rows alone), each with --device cuda; it also runs explore/memory/cuda_check.py (CPU vs CUDA)
 # depth (issue 25): 144 runs, 1 h 45 min as two processes split by --depths (2026-12-03: 6,267 s for 8,16,32 beside
 # 4,570 s for 48), then BP at depth 48 at 1.5x the epochs (the budget check in leaderboards/explore/depth/)
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 8,16,32 &

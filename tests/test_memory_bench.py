@@ -151,3 +151,22 @@ def test_the_throughput_bench_counts_tensors_too(tmp_path):
     assert [r["method"] for r in rows] == ["bp", "deinforeg"]
     for r in rows:
         assert r["mem_kind"] == "cpu_tensor_events" and float(r["peak_mem_mb"]) > 0
+
+
+def test_cuda_rows_say_how_they_were_counted_and_stay_apart_from_cpu_rows(tmp_path):
+    """A row measured on CUDA is labelled with its card and grouped apart from the CPU tracker's row of the same
+    setup (the renderer keys setups by `mem_kind`), so the two are never read as one figure."""
+    cols = ["task", "model", "img_size", "dataset", "method", "num_blocks", "balance", "units_per_block",
+            "batch_size", "peak_mb", "ratio_vs_bp", "mem_kind", "device", "commit"]  # fmt: skip
+    rows = [
+        ["cls", "resnet50", "224", "digits", "bp", "4", "", "", "64", "100.0", "1.0", "cpu_tensor_events", "cpu", "a"],
+        ["cls", "resnet50", "224", "digits", "bp", "4", "", "", "64", "110.0", "1.0", "cuda_max_allocated",
+         "NVIDIA H200", "b"],
+    ]  # fmt: skip
+    path = tmp_path / "memory_cls_digits.csv"
+    path.write_text("\n".join(",".join(r) for r in [cols, *rows]) + "\n")
+    md, pngs = memory_section(path)
+    text = "\n".join(md)
+    assert "| resnet50 (224px) | CPU tensor events | bp | - | - | - | 64 | 100.0 |" in text
+    assert "| resnet50 (224px) | CUDA max allocated (NVIDIA H200) | bp | - | - | - | 64 | 110.0 |" in text
+    assert len(pngs) == 1 and pngs[0].exists()
