@@ -149,19 +149,22 @@ def largest_batch(
     max_batch: int = 4096,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = lambda s: None,
+    cut_batch: int | None = None,
 ) -> dict[str, Any]:
     """The largest batch whose training peak fits `cap_mb`: doubling from the smallest batch the zoo trains on (2:
     a local loss needs batch statistics, and the task head checks labels the same way), then bisection. Returns
-    `measure`'s row for it, with `memory_cap_mb` and `largest_batch`. The cuts are chosen once, at the first batch
-    (activations grow with the batch alike in every unit). A probe that the line through the last two measured
-    peaks puts beyond 1.25x the cap is not run (it is taken as not fitting), so the bench never allocates far past
-    the cap. UserError when even that first batch exceeds the cap."""
+    `measure`'s row for it, with `memory_cap_mb` and `largest_batch`. A probe that the line through the last two
+    measured peaks puts beyond 1.25x the cap is not run (it is taken as not fitting), so the bench never allocates far
+    past the cap. UserError when even that first batch exceeds the cap. The cuts are chosen once, at `cut_batch` (the
+    bench passes its `--batch-size`; default: the first batch): near a cap the activations outweigh the weights and
+    optimizer state, as they do at a working batch and not at batch 2, where the balance lands elsewhere (on CUDA,
+    resnet50 at 224 px: 6+10 at batch 2 against 3+13 at batch 64)."""
     if not cap_mb > 0:
         raise UserError(f"--memory-cap-mb must be positive, got {cap_mb}")
     start = 2
     units = None
     if method != "bp" and balance is not None and num_blocks is not None:
-        units = choose_units(build, make_batch(start), method, num_blocks, balance, train)
+        units = choose_units(build, make_batch(cut_batch or start), method, num_blocks, balance, train)
     seen: dict[int, dict[str, Any]] = {}
 
     def fits(b: int) -> bool:
@@ -296,7 +299,7 @@ def run(
         build = builders[r.model]
         if r.largest:
             row = largest_batch(build, make_batch, r.method, opts.memory_cap_mb, r.num_blocks, balance, train,
-                                device=device, log=log)  # fmt: skip
+                                device=device, log=log, cut_batch=int(x.shape[0]))  # fmt: skip
         else:
             row = measure(build, (x, y), r.method, r.num_blocks, balance, train=train, device=device)
         rows.append({**setup_columns(cfg, "memory", r.model, r.method, row["num_blocks"]), **row, **env,

@@ -124,3 +124,29 @@ def test_a_cap_below_the_smallest_batch_is_one_line_user_error():
         largest_batch(_vgg, lambda n: _images(n, 16, 4), "bp", 0.5)
     with pytest.raises(UserError, match="must be positive"):
         largest_batch(_vgg, lambda n: _images(n, 16, 4), "bp", 0)
+
+
+def test_the_cap_search_chooses_its_cuts_once_at_the_batch_it_is_given(monkeypatch):
+    """Cuts balanced at batch 2 (weights and optimizer state dominate) are not the cuts a near-cap batch wants; the
+    search balances them at `cut_batch` (the bench's --batch-size) and keeps them for every probe."""
+    import benchmarks.memory as bm
+
+    chosen, measured = [], []
+    real_measure = bm.measure
+
+    def choose(build, batch, method, num_blocks, balance, train=None):
+        chosen.append(int(batch[0].shape[0]))
+        return [1] * (num_blocks - 1) + [0]  # a marker: measure below must receive exactly these units
+
+    def spy(build, batch, method, num_blocks=None, balance="memory", train=None, units=None, **kw):
+        measured.append(units)
+        return real_measure(build, batch, method, None, None, train=train, **kw)
+
+    monkeypatch.setattr(bm, "choose_units", choose)
+    monkeypatch.setattr(bm, "measure", spy)
+    bm.largest_batch(_vgg, lambda n: _images(n, 16, 4), "deinforeg", 1e9, num_blocks=2, max_batch=8, cut_batch=6)
+    assert chosen == [6]  # once, at the batch given, not at the search's first batch (2)
+    assert measured and all(u == [1, 0] for u in measured)
+    chosen.clear()
+    bm.largest_batch(_vgg, lambda n: _images(n, 16, 4), "deinforeg", 1e9, num_blocks=2, max_batch=4)
+    assert chosen == [2]  # default: the first batch
