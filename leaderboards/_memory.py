@@ -17,10 +17,12 @@ SETUP = ("task", "model", "arch", "model_kwargs", "img_size", "dataset", "mem_ki
 
 
 def _latest(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The latest row per setup, method, K, cut balance, batch and cap (a rerun replaces its row)."""
+    """The latest row per setup, method, K, cut balance, batch and cap (a rerun replaces its row; under a cap the
+    batch is the result, not part of the setting)."""
     out: dict[tuple, dict[str, str]] = {}
     for r in rows:
-        key = tuple(r.get(k, "") for k in (*SETUP, "method", "num_blocks", "balance", "batch_size", "memory_cap_mb"))
+        batch = "" if r.get("largest_batch") else r.get("batch_size", "")
+        key = (*(r.get(k, "") for k in (*SETUP, "method", "num_blocks", "balance")), batch, r.get("memory_cap_mb", ""))
         out[key] = r
     return list(out.values())
 
