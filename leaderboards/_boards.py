@@ -13,7 +13,19 @@ import csv
 from pathlib import Path
 
 from . import stats
-from ._common import COLORS, _f, _finish, _fmt2, _group, _method_key, load_board, paired_test, plt, setup_name
+from ._common import (
+    COLORS,
+    _distinct,
+    _f,
+    _finish,
+    _fmt2,
+    _group,
+    _method_key,
+    load_board,
+    paired_test,
+    plt,
+    setup_name,
+)
 
 __all__ = ["board_section", "plot_cost"]
 
@@ -111,10 +123,6 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
 
 def _seeds_list(v: str | None) -> str:
     return "-" if not v else v.replace(";", " ")
-
-
-def _distinct(rows: list[dict[str, str]], key: str) -> list[str]:
-    return sorted({r.get(key) or "" for r in rows} - {""})
 
 
 def _setup_line(rows: list[dict[str, str]]) -> str:

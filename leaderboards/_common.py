@@ -61,6 +61,11 @@ def _fmt2(v: str | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _distinct(rows: list[dict[str, str]], key: str) -> list[str]:
+    """The distinct non-empty values of `key` among `rows`, sorted (every commit or device of a table, say)."""
+    return sorted({r.get(key) or "" for r in rows} - {""})
+
+
 def _method_key(m: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 

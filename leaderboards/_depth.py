@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ._common import COLORS, _f, _method_key, _save, plt
+from ._common import COLORS, _distinct, _f, _method_key, _save, plt
 from .stats import format_delta, paired, paired_ttest
 
 __all__ = ["depth_section", "depth_table", "render_depth"]
@@ -201,7 +201,8 @@ def depth_section(path: Path) -> tuple[list[str], list[Path]]:
                f"plain_cnn, width {r0['width']}, {r0['layers_per_block']} layers per block, {r0['img_size']} px, "
                f"{r0['train_size']} training images, {r0['epochs']} epochs (budget {r0.get('budget') or '-'}), "
                f"batch {r0['batch_size']}, {r0['optimizer']} lr {r0['lr']}, seeds {r0['seeds'].replace(';', ', ')}; "
-               f"selection: {r0['selection']}; config {h}, commit {r0['commit']}, {r0['device']}.", ""]  # fmt: skip
+               f"selection: {r0['selection']}; config {h}; commits {', '.join(_distinct(rs, 'commit'))}; devices "
+               f"{'; '.join(_distinct(rs, 'device'))}; torch {', '.join(_distinct(rs, 'torch'))}.", ""]  # fmt: skip
         md += _table(rs) + [""]
         acc = _plot_accuracy(rs, path.with_name(f"{stem}_accuracy.png"))
         pngs.append(acc)
