@@ -46,11 +46,11 @@ def test_depth_flags_belong_to_the_depth_bench(capsys):
     assert "--depths is for --bench depth, not --bench accuracy" in capsys.readouterr().err
 
 
-def test_converged_budget_is_48_epochs_for_every_method_and_flags_win():
+def test_converged_budget_is_72_epochs_for_every_method_and_flags_win():
     cfg, _ = config_from_args(["--bench", "depth", "--budget", "converged"])
-    assert (cfg.epochs, cfg.img_size, cfg.model, cfg.methods) == (48, 16, ["plain_cnn"], ["bp", "deinforeg", "greedy"])
+    assert (cfg.epochs, cfg.img_size, cfg.model, cfg.methods) == (72, 16, ["plain_cnn"], ["bp", "deinforeg", "greedy"])
     lines = derived_lines(cfg)
-    assert any("epochs=48" in line and "benchmarks/depth.py BUDGETS" in line for line in lines)
+    assert any("epochs=72" in line and "benchmarks/depth.py BUDGETS" in line for line in lines)
     assert not any("epochs=12" in line for line in lines)  # the dataset's own budget is superseded, not listed
     cfg, _ = config_from_args(["--bench", "depth", "--budget", "converged", "--epochs", "5"])
     assert cfg.epochs == 5 and not any("epochs=" in line for line in derived_lines(cfg))
