@@ -14,7 +14,7 @@ validation), or both are the depth bench's per-run tables `depth_<task>_<dataset
 `val_best_per_epoch` holds each epoch's best exit on validation; a setting is depth × norm × init × method):
 
     python -m leaderboards.convergence leaderboards/depth_cls_digits_runs.csv \\
-        leaderboards/explore/depth/e72/depth_cls_digits_runs.csv --epochs 48
+        leaderboards/explore/depth/e108/depth_cls_digits_runs.csv --epochs 72
 
 Runs are grouped by `run_id` + `seed` + setting, so two grids appended to one file stay apart; a setting present in
 only one of the two files is not compared. Exit code 0 when every compared setting holds, 1 when one moves more

@@ -72,13 +72,19 @@ done; done
 # the same on CUDA (needs a GPU; 2026-12-04 on one NVIDIA H200, the rows at the end of memory_cls_digits.csv and in
 # explore/memory/h200/): DEINFOREG_COMMIT=<clean commit> bash leaderboards/explore/memory/gpu_run.sh (gpu_rerun.sh:
 # the resnet50 224 px rows alone), each with --device cuda; it also runs explore/memory/cuda_check.py (CPU vs CUDA)
-# depth (issue 25): 144 runs, 1 h 45 min as two processes split by --depths (2026-12-03: 6,267 s for 8,16,32 beside
-# 4,570 s for 48), then BP at depth 48 at 1.5x the epochs (the budget check in leaderboards/explore/depth/)
-"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 8,16,32 &
-"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --leaderboard-dir runs/depth48_lane
+# depth (issue 25): 144 runs at the converged budget, 72 epochs (2026-12-04, as two processes split by depth, rows
+# merged; the BP depth-48 rows came from the 2026-12-03 budget check at d5dba8c, the rest from clones at 6531ddb)
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 16,32 --leaderboard-dir runs/depth_lane &
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 8,48
 wait
-tail -n +2 runs/depth48_lane/depth_cls_digits.csv >> leaderboards/depth_cls_digits.csv
-tail -n +2 runs/depth48_lane/depth_cls_digits_runs.csv >> leaderboards/depth_cls_digits_runs.csv
-"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --methods bp --epochs 72 --leaderboard-dir leaderboards/explore/depth/e72
+tail -n +2 runs/depth_lane/depth_cls_digits.csv >> leaderboards/depth_cls_digits.csv
+tail -n +2 runs/depth_lane/depth_cls_digits_runs.csv >> leaderboards/depth_cls_digits_runs.csv
+# its budget checks (issue 20's rule): the whole grid at 48 epochs (the 2026-12-03 leaderboard, now
+# leaderboards/explore/depth/e48; the same two lanes with --epochs 48), and at 108 epochs the settings that moved
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 16 --norms none --inits default --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 72 --lr 0.001 --leaderboard-dir leaderboards/explore/depth/lr1e-3  # a first look at BP's own lr there
+"$PY" -m leaderboards.convergence leaderboards/explore/depth/e48/depth_cls_digits_runs.csv leaderboards/depth_cls_digits_runs.csv --epochs 48 --out leaderboards/explore/depth/check_48_72.md
+"$PY" -m leaderboards.convergence leaderboards/depth_cls_digits_runs.csv leaderboards/explore/depth/e108/depth_cls_digits_runs.csv --epochs 72 --out leaderboards/explore/depth/check_72_108.md
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
 "$PY" -m leaderboards.render
