@@ -174,39 +174,9 @@ def test_cuda_rows_say_how_they_were_counted_and_stay_apart_from_cpu_rows(tmp_pa
 
 def test_a_rerun_under_the_same_cap_replaces_the_earlier_row(tmp_path):
     """Under a cap the batch is the result: a rerun that fits another batch replaces the row, not adds a second."""
-    cols = ["task", "model", "img_size", "dataset", "method", "num_blocks", "balance", "batch_size", "peak_mb",
-            "memory_cap_mb", "largest_batch", "mem_kind", "commit"]  # fmt: skip
-    old = [
-        "cls",
-        "resnet18",
-        "64",
-        "digits",
-        "deinforeg",
-        "2",
-        "memory",
-        "177",
-        "398.7",
-        "400",
-        "177",
-        "cpu_tensor_events",
-        "a",
-    ]
-    new = [
-        "cls",
-        "resnet18",
-        "64",
-        "digits",
-        "deinforeg",
-        "2",
-        "memory",
-        "212",
-        "399.0",
-        "400",
-        "212",
-        "cpu_tensor_events",
-        "b",
-    ]
+    cols = "task,model,img_size,dataset,method,num_blocks,balance,batch_size,peak_mb,memory_cap_mb,largest_batch,commit"
+    setup = "cls,resnet18,64,digits,deinforeg,2,memory"
     path = tmp_path / "memory_cls_digits.csv"
-    path.write_text("\n".join(",".join(r) for r in [cols, old, new]) + "\n")
+    path.write_text(f"{cols}\n{setup},177,398.7,400,177,a\n{setup},212,399.0,400,212,b\n")
     text = "\n".join(memory_section(path)[0])
     assert "| 400 | 212 | 399.0 | b |" in text and "| 400 | 177 |" not in text
