@@ -83,7 +83,7 @@ tail -n +2 runs/depth_lane/depth_cls_digits_runs.csv >> leaderboards/depth_cls_d
 # leaderboards/explore/depth/e48; the same two lanes with --epochs 48), and at 108 epochs the settings that moved
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 16 --norms none --inits default --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
-"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 72 --lr 0.001 --leaderboard-dir leaderboards/explore/depth/lr1e-3  # a first look at BP's own lr there
+"$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 72 --lr 0.001 --leaderboard-dir leaderboards/explore/depth/lr1e-3  # BP's own lr there: worse (83.6 / 70.2)
 "$PY" -m leaderboards.convergence leaderboards/explore/depth/e48/depth_cls_digits_runs.csv leaderboards/depth_cls_digits_runs.csv --epochs 48 --out leaderboards/explore/depth/check_48_72.md
 "$PY" -m leaderboards.convergence leaderboards/depth_cls_digits_runs.csv leaderboards/explore/depth/e108/depth_cls_digits_runs.csv --epochs 72 --out leaderboards/explore/depth/check_72_108.md
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
