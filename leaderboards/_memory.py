@@ -35,9 +35,13 @@ def _k(r: dict[str, str]) -> str:
     return "-" if r["method"] == "bp" else r["num_blocks"]  # BP trains uncut whatever its stage count
 
 
+def _on_cuda(r: dict[str, str]) -> bool:
+    return r.get("mem_kind") == "cuda_max_allocated"
+
+
 def _counted(r: dict[str, str]) -> str:
     """How the peak was counted, and on what: the CPU tracker, or CUDA's allocator on the named card."""
-    if r.get("mem_kind") == "cuda_max_allocated":
+    if _on_cuda(r):
         return f"CUDA max allocated ({r.get('device', 'GPU')})"
     return "CPU tensor events"
 
@@ -75,7 +79,7 @@ def _plot(groups: dict[tuple, list[dict[str, str]]], path: Path) -> Path | None:
             ax.axhline(bp[0], color=COLORS["bp"], lw=0.8, ls="--")
         ax.set_xticks(range(len(rs)), [_label(r) for r in rs], rotation=35, ha="right", fontsize=7)
         ax.set_ylabel("training peak (MB)")
-        gpu = " [CUDA]" if rs[0].get("mem_kind") == "cuda_max_allocated" else ""
+        gpu = " [CUDA]" if _on_cuda(rs[0]) else ""
         ax.set_title(f"{setup_name(rs[0])}, batch {rs[0]['batch_size']}{gpu}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

@@ -8,23 +8,20 @@ the renderer the leaderboard uses) from `depth_cls_digits.csv` and `depth_cls_di
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from leaderboards._depth import render_depth  # noqa: E402
+from leaderboards._depth import _SETTING, _read, render_depth  # noqa: E402
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python leaderboards/explore/depth/archive.py FOLDER")
     folder = Path(sys.argv[1])
-    with open(folder / "depth_cls_digits.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(folder / "depth_cls_digits_runs.csv", newline="") as f:
-        runs = list(csv.DictReader(f))
+    rows = _read(folder / "depth_cls_digits.csv", _SETTING)  # as the leaderboard's depth section reads them
+    runs = _read(folder / "depth_cls_digits_runs.csv", (*_SETTING, "seed"))
     for path in render_depth(rows, runs, folder):
         print(path)
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import zoo  # noqa: E402
 from benchmarks.results import environment  # noqa: E402
-from zoo.memory import MemoryTracker  # noqa: E402
+from zoo.memory import MemoryTracker, _profiled  # noqa: E402
 from zoo.train import TrainConfig, Trainer  # noqa: E402
 
 # (task, model, img_size, batch, method, cut): cut is block_units (cls, cut="block") or num_blocks (seg)
@@ -61,8 +61,7 @@ def step_memory(model: zoo.DecoupledModel, x: torch.Tensor, y: torch.Tensor, dev
     """One warm-up step (allocator reporting, as `zoo.memory.measure_train_step`), then the tracked step."""
     trainer = Trainer(model, TrainConfig(), total_steps=10, device=device)
     x, y = x.to(device), y.to(device)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True):
-        trainer.train_step(x, y)
+    _profiled(lambda: trainer.train_step(x, y))
     with MemoryTracker(device, trainer.model, trainer.optimizers, (x, y)) as mem:
         trainer.train_step(x, y)
     return mem

@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
 # The headline rows of gpu_run.sh again (timm resnet50, 224 px, batch 64, K = 2 and 4, memory-balanced cuts; and its
 # CPU-tracker-against-CUDA check), recording the commit sent. The device copy's .git is the checkout the session
-# started from, not the commit sent (gpu_run.sh's rows say "6531ddb53581+dirty" for that reason), so it is moved
-# aside and zoo.runtime.git_commit reads $DEINFOREG_COMMIT, as for any copy of a clean tree sent to another machine.
+# started from, not the commit sent (gpu_run.sh's first rows say "6531ddb53581+dirty" for that reason); gpu_setup.sh
+# moves it aside so the commit sent is recorded.
 set -u
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT/cuda"
-[ -n "${DEINFOREG_COMMIT:-}" ] || { echo "set DEINFOREG_COMMIT to the commit sent"; exit 2; }
-echo "device copy's .git: $(git rev-parse --short=12 HEAD 2>/dev/null); sent: $DEINFOREG_COMMIT"
-[ -d .git ] && mv .git /tmp/device-copy-git
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
+. leaderboards/explore/memory/gpu_setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.txt"
 timeout 150 python3 leaderboards/explore/memory/cuda_check.py --threads 8 --task-model cls:resnet50 \
   --out "$OUT/cuda_check.csv" > "$OUT/cuda_check.log" 2>&1 &

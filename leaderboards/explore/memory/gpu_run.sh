@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Issue 22's CUDA figures in one call on a lent GPU machine, from the repository root there; what lands in $OUT comes
 # back. Needs .whl/ holding the segmentation_models_pytorch and timm wheels (the GPU image has no SMP) and
-# DEINFOREG_COMMIT (the clean commit sent). The image's own torch runs (the pinned CUDA wheel cannot travel).
+# DEINFOREG_COMMIT (the clean commit sent; gpu_setup.sh). The image's own torch runs (the pinned CUDA wheel cannot
+# travel). Its 2026-12-04 rows (explore/memory/h200/) predate the .git handling and say "6531ddb53581+dirty".
 #   1. the CPU tracker against CUDA on the same cuts (cuda_check.py), in the background;
 #   2. the memory bench on CUDA, as leaderboards/reproduce.sh runs it on the CPU (memory-balanced cuts);
 #   3. the largest batch under a cap on CUDA, resnet50 at 224 px.
 set -u
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT/cuda"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
+. leaderboards/explore/memory/gpu_setup.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import os, torch, timm, segmentation_models_pytorch as s; print('torch', torch.__version__, 'timm', timm.__version__, 'smp', s.__version__, 'cpus', os.cpu_count())"
   echo "commit ${DEINFOREG_COMMIT:-?}"; } 2>&1 | tee "$OUT/env.txt"
