@@ -64,6 +64,8 @@ class DepthRecipe:
     optimizer: str = "adamw"  # sgd | adamw | lars (zoo.train), one optimizer per block for decoupled methods
     lr: float = 2e-3  # peak learning rate of the cosine schedule
     weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0  # linear warm-up over the first epochs, then the cosine
+    grad_clip: float | None = None  # clip each block's gradient norm (BP: the whole model's); None: no clipping
     train_size: int | None = None  # None: every training image
     eval_size: int | None = None  # None: every validation and test image
     bn_recalib: bool = True  # recompute BatchNorm statistics on the train images before each evaluation
@@ -194,7 +196,13 @@ def train_run(
     model = build_model(run, recipe, num_classes)
     source = EpochBatches(train_ds, recipe.batch_size, run.seed)
     total = len(source) * recipe.epochs
-    cfg = TrainConfig(optimizer=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    cfg = TrainConfig(
+        optimizer=recipe.optimizer,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=round(recipe.warmup_epochs * len(source)),
+        grad_clip=recipe.grad_clip or None,
+    )
     trainer = Trainer(model, cfg, total_steps=total, device=device)
     val_loader = eval_loader(val_ds, recipe.batch_size)
     bn_loader = eval_loader(train_ds, recipe.batch_size)

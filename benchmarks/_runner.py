@@ -92,9 +92,16 @@ class RunSpec:
         return "noisy" if self.val_noise else "clean"
 
 
-def train_config(cfg: RunConfig) -> TrainConfig:
-    """The optimizer settings of a run (every bench trains with these)."""
-    return TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def train_config(cfg: RunConfig, steps_per_epoch: int = 0) -> TrainConfig:
+    """The optimizer settings of a run (every bench trains with these); `--warmup-epochs` becomes warm-up steps with
+    the run's `steps_per_epoch` (the timing benches, which have no epochs, pass 0: no warm-up)."""
+    return TrainConfig(
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        grad_clip=cfg.grad_clip or None,
+    )
 
 
 @torch.no_grad()
@@ -231,7 +238,7 @@ def train_one(
     model, grown_meta = make_model(cfg, spec.model, spec.method, spec.variant)
     source = EpochBatches(train_ds, cfg.batch_size, spec.seed)
     total = len(source) * cfg.epochs
-    trainer = Trainer(model, train_config(cfg), total_steps=total, device=device)
+    trainer = Trainer(model, train_config(cfg, len(source)), total_steps=total, device=device)
     val_loader = eval_loader(val_ds, cfg.batch_size)
     bn_loader = eval_loader(train_ds, cfg.batch_size)
 

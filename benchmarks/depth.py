@@ -131,7 +131,8 @@ def recipe_of(cfg: Any, group: str = "depth") -> DepthRecipe:
     return DepthRecipe(
         dataset=cfg.dataset, width=o.width, layers_per_block=o.layers_per_block, img_size=cfg.img_size,
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, train_size=cfg.train_size, eval_size=cfg.eval_size, bn_recalib=cfg.bn_recalib,
+        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, grad_clip=cfg.grad_clip,
+        train_size=cfg.train_size, eval_size=cfg.eval_size, bn_recalib=cfg.bn_recalib,
         grad_steps=tuple(o.grad_steps), device=cfg.device, threads=cfg.threads, wandb=cfg.wandb,
         wandb_project=cfg.wandb_project, wandb_group=group, data_root=cfg.data_root,
     )  # fmt: skip

@@ -58,9 +58,9 @@ from zoo.pipeline import (
 from zoo.pipeline.engine import pin_cpu
 from zoo.pipeline.flags import PIPELINE_FLAGS
 from zoo.runtime import resolve_device
-from zoo.train import TrainConfig
 
 from ._pipeline_report import DECOUPLED, PIPELINING, ZERO_BUBBLE, engine_label, explain, fmt, report, summaries
+from ._runner import train_config
 from ._scaling import gpipe_bound, scaling_model
 from .build import batch_pool, model_builder
 from .options import ENGINE_ORDER
@@ -217,7 +217,7 @@ def _pipeline_config(cfg: RunConfig) -> PipelineConfig:
         method=local[0] if local else "deinforeg",  # also what profiles the partition
         micro_batches=cfg.options.micro_batches[0],
         seed=cfg.seeds[0],
-        train=TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        train=train_config(cfg),
         device=device.type,
         threads=cfg.threads or 1,  # one CPU stage process on `threads` cores stands for one device
     )

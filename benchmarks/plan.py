@@ -113,6 +113,8 @@ def plan(settings: Settings) -> Plan:
         if getattr(cfg, key) is None:
             setattr(cfg, key, defaults[key])
             note(key, defaults[key], f"the {cfg.task} task's default (zoo.TASK_DEFAULTS)")
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        fail(f"--warmup-epochs ({cfg.warmup_epochs:g}) must be below --epochs ({cfg.epochs}): the cosine follows it")
     train = TrainConfig()
     for key in ("optimizer", "lr", "weight_decay"):  # the trainer's defaults, written once in zoo.train
         if getattr(cfg, key) is None:

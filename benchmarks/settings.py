@@ -130,6 +130,11 @@ class Settings:
                               "TrainConfig's)", kind=float, metavar="LR")  # fmt: skip
     weight_decay: float | None = option(None, "weight decay (default: zoo.train.TrainConfig's)", kind=float,
                                         metavar="WD")  # fmt: skip
+    warmup_epochs: float = option(0.0, "linear learning-rate warm-up over the first N epochs, then the cosine "
+                                  "(0: none)", kind=float, minimum=0.0, metavar="N", recipe=True)  # fmt: skip
+    grad_clip: float | None = option(None, "clip the gradient norm of each block (BP: of the whole model) to this "
+                                     "value (default: no clipping)", kind=float, minimum=0.0, metavar="NORM",
+                                     recipe=True)  # fmt: skip
     train_aug: bool = option(False, "use the dataset's training augmentation")
     bn_recalib: bool = option(True, "evaluate with BatchNorm running statistics as trained (default: recompute them "
                               "on the train images before each evaluation, all methods)")  # fmt: skip
@@ -169,14 +174,15 @@ class Settings:
     def recipe(self) -> dict[str, Any]:
         """The recipe: every setting besides the model and the method that changes a trained model's result (what
         `config_hash` hashes): `RECIPE_KEYS` (the keys hashed since the first leaderboard row; a bench without one
-        of them hashes its default), plus any option declared `recipe=True` whose value differs from its default (a
-        new such option, e.g. the noise bench's `val_noise`, leaves every earlier hash unchanged). Not in it: where
+        of them hashes its default), plus any setting or option declared `recipe=True` whose value differs from its
+        default (a new such option, e.g. the noise bench's `val_noise` or `--warmup-epochs`, leaves every earlier
+        hash unchanged). Not in it: where
         output goes, how progress shows, the seeds (rows list them), model and method (rows name them) and the
         timing benches' knobs."""
         out = {k: getattr(self, k) if hasattr(self, k) and k not in _OPTION_KEYS else self.opt(k) for k in RECIPE_KEYS}
-        if self.options is not None:
-            for f in dataclasses.fields(self.options):
-                value = getattr(self.options, f.name)
+        for holder in (self, self.options):
+            for f in dataclasses.fields(holder) if holder is not None else ():
+                value = getattr(holder, f.name)
                 if f.metadata.get("recipe") and f.name not in out and value != _default(f):
                     out[f.name] = value
         return out

@@ -107,6 +107,9 @@ def test_safe_run_turns_into_noop_after_a_failure():
         (["--bench", "pipeline", "--micro-batches", "2,0"], "--micro-batches must be a positive integer"),
         (["--bench", "pipeline", "--micro-batches", "2,four"], "as a list of int"),
         (["--budget", "bad"], "valid choices: auto, quick, converged"),
+        (["--epochs", "4", "--warmup-epochs", "4"], "--warmup-epochs (4) must be below --epochs (4)"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
+        (["--grad-clip", "-0.5"], "--grad-clip must be >= 0"),
     ],
 )
 def test_bad_values_exit_2_with_choices(argv, needle, capsys, tmp_path):
@@ -334,3 +337,18 @@ def test_noise_run_writes_curves_audit_and_a_publishable_checkpoint(tmp_path):
     png = f"curves_cls_digits_{row['config_hash']}.png"
     assert "## Learning curves" in text and f"]({png})" in text and (lb / png).stat().st_size > 5000
     assert "noise_cls_digits_audit.csv" in text and "| 40 / 40 | 100 labels |" in text
+
+
+def test_warmup_and_clipping_are_recipe_settings_that_reach_the_trainer():
+    from benchmarks._runner import train_config
+
+    base, _ = config_from_args(["--model", "paper_vgg", "--epochs", "4"])
+    warm, _ = config_from_args(["--model", "paper_vgg", "--epochs", "4", "--warmup-epochs", "1.5"])
+    clip, _ = config_from_args(["--model", "paper_vgg", "--epochs", "4", "--grad-clip", "1"])
+    # hashed only when set: the hash of every earlier row (no warm-up, no clipping) is unchanged
+    assert "warmup_epochs" not in base.recipe() and "grad_clip" not in base.recipe()
+    assert len({base.config_hash(), warm.config_hash(), clip.config_hash()}) == 3
+    assert warm.recipe()["warmup_epochs"] == 1.5 and clip.recipe()["grad_clip"] == 1.0
+    assert train_config(warm, steps_per_epoch=10).warmup_steps == 15  # epochs of the run's own length
+    assert train_config(warm).warmup_steps == 0  # the timing benches have no epochs
+    assert train_config(clip).grad_clip == 1.0 and train_config(base).grad_clip is None

@@ -59,3 +59,20 @@ def test_rows_and_render(data, tmp_path) -> None:
     paths = depth.render(rows, results, tmp_path / "out")
     assert [p.name for p in paths] == ["table.md", "accuracy_vs_depth.png", "loss_curves.png", "grad_norms_depth8.png"]
     assert "| none | default | 8 | 2 | greedy |" in paths[0].read_text()
+
+
+def test_warmup_and_clipping_reach_the_depth_runs_and_rows(data, tmp_path) -> None:
+    from benchmarks.run import config_from_args
+
+    cfg, _ = config_from_args(["--bench", "depth", "--warmup-epochs", "2", "--grad-clip", "1"])
+    recipe = depth.recipe_of(cfg)
+    assert recipe.warmup_epochs == 2.0 and recipe.grad_clip == 1.0
+    run = depth.grid([8], ["bn"], ["default"], ["bp"], [0])
+    plain = dataclasses.replace(RECIPE, epochs=2)
+    warm = dataclasses.replace(plain, warmup_epochs=1.0, grad_clip=0.5)
+    a = depth.run_grid(run, plain, tmp_path / "plain", log=lambda s: None)
+    b = depth.run_grid(run, warm, tmp_path / "warm", log=lambda s: None)
+    assert a[0]["history"][0]["train_loss"] != b[0]["history"][0]["train_loss"]  # a different first epoch
+    row = depth.rows_from_results(b, warm, environment("cpu"), "test")[0]
+    assert row["warmup_epochs"] == 1.0 and row["grad_clip"] == 0.5
+    assert depth.rows_from_results(a, plain, environment("cpu"), "test")[0]["grad_clip"] == ""
