@@ -222,6 +222,8 @@ def budget_note(cfg: Settings) -> str:
     size = f"{cfg.img_size} px, " if cfg.img_size else ""
     n = f"{cfg.train_size or 'all'} train / {cfg.eval_size or 'all'} eval images"
     what = f"budget: {cfg.budget} ({cfg.epochs} epochs, {size}{n}, lr {cfg.lr:g}"
+    what += f", warm-up {cfg.warmup_epochs:g} epochs" if cfg.warmup_epochs else ""
+    what += f", gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else ""
     if cfg.budget == "quick":
         return f"{what}; the CPU default: the converged recipe is `--budget converged`, its leaderboard: {_BOARD})"
     return f"{what}; the recipe the leaderboards report, the CUDA default; a quick CPU run is `--budget quick`)"

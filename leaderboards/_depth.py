@@ -179,7 +179,9 @@ def _plot_losses(runs: list[dict[str, str]], path: Path) -> Path:
         row[0].set_ylabel("deepest head's loss")
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    axes[0][-1].legend(fontsize="x-small")
+    labelled = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]  # a panel of a partial grid may be empty
+    if labelled:
+        labelled[0].legend(fontsize="x-small")
     return _save(fig, path, dpi=100)
 
 
