@@ -44,8 +44,8 @@ def _per_seed(row: dict[str, str]) -> dict[str, float]:
 
 def _name(row: dict[str, str]) -> str:
     clip = f", clip {float(row['grad_clip']):g}" if row.get("grad_clip") else ""
-    warm = f", warm-up {float(row['warmup_epochs']):g} ep" if row.get("warmup_epochs") not in (None, "", "0.0") else ""
-    return f"lr {float(row['lr']):g}{warm}{clip}"
+    warm = f", warm-up {float(row['warmup_epochs']):g} ep" if float(row.get("warmup_epochs") or 0) else ""
+    return f"{row['optimizer']} lr {float(row['lr']):g}{warm}{clip}"
 
 
 def recipes() -> list[tuple[str, Path]]:
