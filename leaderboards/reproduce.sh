@@ -13,6 +13,9 @@ PY=${PYTHON:-.venv/bin/python}
 # issue 22: the pipeline against two independent BP processes at once (its contended limit), default cut and cut=block
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-pipe --wandb disabled
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-pipe --model-kwargs cut=block --wandb disabled
+# 2026-12-04: the same with DeInfoReg on one device (same cut) beside it, at 32 px and at 48 px, quiet machine
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-single,deinforeg-pipe --model-kwargs cut=block --wandb disabled
+"$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2 --steps 60 --repeats 3 --engines bp-single,bp-contended,deinforeg-single,deinforeg-pipe --model-kwargs cut=block --img-size 48 --wandb disabled
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task cls --stages 2
 "$PY" -m benchmarks.run --bench pipeline --model resnet18 --task seg --stages 2
 # grow (progressive depth; extension of a pulled checkpoint)
@@ -84,6 +87,15 @@ tail -n +2 runs/depth_lane/depth_cls_digits_runs.csv >> leaderboards/depth_cls_d
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 16 --norms none --inits default --methods bp --epochs 108 --leaderboard-dir leaderboards/explore/depth/e108
 "$PY" -m benchmarks.run --bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 72 --lr 0.001 --leaderboard-dir leaderboards/explore/depth/lr1e-3  # BP's own lr there: worse (83.6 / 70.2)
+# BP's own recipe at depth 48 with BN (issue 25): each recipe 6 runs, then the rule across them on validation
+D="--bench depth --budget converged --seeds 0,1,2 --threads 1 --depths 48 --norms bn --methods bp --epochs 72"
+"$PY" -m benchmarks.run $D --warmup-epochs 5 --leaderboard-dir leaderboards/explore/depth/bp_recipe/warm5
+"$PY" -m benchmarks.run $D --warmup-epochs 5 --grad-clip 1 --leaderboard-dir leaderboards/explore/depth/bp_recipe/warm5_clip1
+"$PY" -m benchmarks.run $D --warmup-epochs 5 --lr 0.004 --leaderboard-dir leaderboards/explore/depth/bp_recipe/warm5_lr4e-3
+"$PY" -m benchmarks.run $D --grad-clip 1 --leaderboard-dir leaderboards/explore/depth/bp_recipe/clip1
+"$PY" -m benchmarks.run $D --optimizer sgd --lr 0.05 --leaderboard-dir leaderboards/explore/depth/bp_recipe/sgd_lr5e-2
+"$PY" -m benchmarks.run $D --optimizer sgd --lr 0.05 --warmup-epochs 5 --leaderboard-dir leaderboards/explore/depth/bp_recipe/sgd_lr5e-2_warm5
+"$PY" leaderboards/explore/depth/bp_recipe/choose.py --out leaderboards/explore/depth/bp_recipe/choose.md
 "$PY" -m leaderboards.convergence leaderboards/explore/depth/e48/depth_cls_digits_runs.csv leaderboards/depth_cls_digits_runs.csv --epochs 48 --out leaderboards/explore/depth/check_48_72.md
 "$PY" -m leaderboards.convergence leaderboards/depth_cls_digits_runs.csv leaderboards/explore/depth/e108/depth_cls_digits_runs.csv --epochs 72 --out leaderboards/explore/depth/check_72_108.md
 "$PY" -m pytest tests/test_speed.py -m bench --benchmark-enable -q
