@@ -76,11 +76,13 @@ def recipe_columns(cfg: RunConfig) -> dict[str, Any]:
     from zoo.train import TrainConfig
 
     t = TrainConfig()
+    warmup = f"{cfg.warmup_epochs:g} epochs" if cfg.warmup_epochs else t.warmup_steps  # "warmup 0": every older row
+    clip = f", grad norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else ""
     return {
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
-        "schedule": f"cosine to {t.min_lr_ratio:g}x, warmup {t.warmup_steps}, per-block optimizers",
+        "schedule": f"cosine to {t.min_lr_ratio:g}x, warmup {warmup}, per-block optimizers{clip}",
         "eval_size": cfg.eval_size or "all",
         "bn_recalib": cfg.bn_recalib,
         "train_aug": cfg.train_aug,

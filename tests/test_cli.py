@@ -352,3 +352,14 @@ def test_warmup_and_clipping_are_recipe_settings_that_reach_the_trainer():
     assert train_config(warm, steps_per_epoch=10).warmup_steps == 15  # epochs of the run's own length
     assert train_config(warm).warmup_steps == 0  # the timing benches have no epochs
     assert train_config(clip).grad_clip == 1.0 and train_config(base).grad_clip is None
+
+
+def test_rows_name_warmup_and_clipping_in_their_schedule():
+    from benchmarks.accuracy import recipe_columns
+
+    plain, _ = config_from_args(["--model", "paper_vgg", "--epochs", "4"])
+    tuned, _ = config_from_args(["--model", "paper_vgg", "--epochs", "4", "--warmup-epochs", "1", "--grad-clip", "2"])
+    assert recipe_columns(plain)["schedule"] == "cosine to 0.01x, warmup 0, per-block optimizers"
+    assert recipe_columns(tuned)["schedule"] == (
+        "cosine to 0.01x, warmup 1 epochs, per-block optimizers, grad norm clipped at 2"
+    )
