@@ -45,6 +45,12 @@ done
 for r in 0.2 0.4; do
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18_pair.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --threads 1 --leaderboard-dir leaderboards/explore/convergence
 done
+for r in 0.0 0.4; do  # the paper models (2026-12-04) and the noisy-validation rows (0.4, 0.6), the same rule
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --threads 1 --leaderboard-dir leaderboards/explore/convergence
+done
+for r in 0.4 0.6; do
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_resnet18.yaml --seeds 0,1,2 --noise-rates $r --epochs 18 --threads 1 --val-noise --leaderboard-dir leaderboards/explore/convergence
+done
 "$PY" -m leaderboards.convergence leaderboards/curves_cls_digits.csv leaderboards/explore/convergence/curves_cls_digits.csv --epochs 12 --out leaderboards/explore/convergence/check_digits.md || true
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes: per noise rate two processes split by method, one thread each, side by side (the recipe hash leaves the
