@@ -124,5 +124,6 @@ def _save(fig, path: Path, dpi: int = 110) -> Path:
 
 
 def _finish(fig, legend_ax, path: Path) -> Path:
-    legend_ax.legend(fontsize=8)
+    if legend_ax.get_legend_handles_labels()[0]:  # a board with a single unlabelled series draws no legend
+        legend_ax.legend(fontsize=8)
     return _save(fig, path)
