@@ -36,7 +36,7 @@ import datasets
 import zoo
 from zoo.diagnostics import GradNorms, activation_scales
 from zoo.runtime import resolve_device, sync
-from zoo.train import Callback, TrainConfig, Trainer, TrainingStopped, seed_everything
+from zoo.train import Callback, Trainer, TrainingStopped, seed_everything
 
 from ._peak import training_peak
 from ._wandb import start_run
@@ -196,14 +196,9 @@ def train_run(
     model = build_model(run, recipe, num_classes)
     source = EpochBatches(train_ds, recipe.batch_size, run.seed)
     total = len(source) * recipe.epochs
-    cfg = TrainConfig(
-        optimizer=recipe.optimizer,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=round(recipe.warmup_epochs * len(source)),
-        grad_clip=recipe.grad_clip or None,
-    )
-    trainer = Trainer(model, cfg, total_steps=total, device=device)
+    from ._runner import train_config  # the harness's one recipe → TrainConfig (warm-up epochs → steps)
+
+    trainer = Trainer(model, train_config(recipe, len(source)), total_steps=total, device=device)
     val_loader = eval_loader(val_ds, recipe.batch_size)
     bn_loader = eval_loader(train_ds, recipe.batch_size)
     probe = next(iter(val_loader))[0].to(device)  # the forward signal at initialisation, on validation images

@@ -92,9 +92,10 @@ class RunSpec:
         return "noisy" if self.val_noise else "clean"
 
 
-def train_config(cfg: RunConfig, steps_per_epoch: int = 0) -> TrainConfig:
-    """The optimizer settings of a run (every bench trains with these); `--warmup-epochs` becomes warm-up steps with
-    the run's `steps_per_epoch` (the timing benches, which have no epochs, pass 0: no warm-up)."""
+def train_config(cfg: RunConfig | Any, steps_per_epoch: int = 0) -> TrainConfig:
+    """The optimizer settings of a run (every bench trains with these; `cfg` is a RunConfig or the depth bench's
+    DepthRecipe, which share these fields); `--warmup-epochs` becomes warm-up steps with the run's `steps_per_epoch`
+    (the timing benches, which have no epochs, pass 0: no warm-up)."""
     return TrainConfig(
         optimizer=cfg.optimizer,
         lr=cfg.lr,

@@ -123,7 +123,15 @@ def _save(fig, path: Path, dpi: int = 110) -> Path:
     return path
 
 
+def _legend(axes, **kwargs) -> None:
+    """A legend on the first of `axes` that has labelled series; none when no axis has (a board with one unlabelled
+    series, a panel of a partial grid left empty)."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**kwargs)
+            return
+
+
 def _finish(fig, legend_ax, path: Path) -> Path:
-    if legend_ax.get_legend_handles_labels()[0]:  # a board with a single unlabelled series draws no legend
-        legend_ax.legend(fontsize=8)
+    _legend([legend_ax], fontsize=8)
     return _save(fig, path)

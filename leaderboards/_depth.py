@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ._common import COLORS, _distinct, _f, _method_key, _save, plt
+from ._common import COLORS, _distinct, _f, _legend, _method_key, _save, plt
 from .stats import format_delta, paired, paired_ttest
 
 __all__ = ["depth_section", "depth_table", "render_depth"]
@@ -179,9 +179,7 @@ def _plot_losses(runs: list[dict[str, str]], path: Path) -> Path:
         row[0].set_ylabel("deepest head's loss")
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    labelled = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]  # a panel of a partial grid may be empty
-    if labelled:
-        labelled[0].legend(fontsize="x-small")
+    _legend(axes.flat, fontsize="x-small")
     return _save(fig, path, dpi=100)
 
 

@@ -14,13 +14,13 @@ is trained here; the numbers are the rows' own.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
+from leaderboards._depth import _SETTING, _per_seed, _read  # noqa: E402
 from leaderboards.convergence import selected_val  # noqa: E402
 from leaderboards.stats import format_delta, mean_std, paired, paired_ttest  # noqa: E402
 
@@ -31,15 +31,9 @@ DEPTH, NORM = "48", "bn"
 
 
 def _summary(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return [
-            r for r in csv.DictReader(f) if r["depth"] == DEPTH and r["norm"] == NORM and int(r["epochs"]) == EPOCHS
-        ]
-
-
-def _per_seed(row: dict[str, str]) -> dict[str, float]:
-    return {s: 100 * float(v) if float(v) <= 1 else float(v)
-            for s, v in zip(row["seeds"].split(";"), row["metric_per_seed"].split(";"))}  # fmt: skip
+    """Depth-48 BN rows at 72 epochs, as the leaderboard's renderer reads them (the latest row per setting)."""
+    rows = _read(path, _SETTING)
+    return [r for r in rows if r["depth"] == DEPTH and r["norm"] == NORM and int(r["epochs"]) == EPOCHS]
 
 
 def _name(row: dict[str, str]) -> str:
