@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from leaderboards.sections import stage_balance
+
 from ._scaling import gpipe_bound, plot_scaling, scaling_model
 
 __all__ = [
@@ -153,6 +155,14 @@ def report(cfg, pc, summ, note, run_id, env, model, b, img, log) -> list[dict[st
             + ", ".join(f"{k} {f:.0%}" for k in summ if (f := fraction_of_limit(summ, k)) is not None)
             + ("" if pipe is not None else " (no deinforeg-pipe row)")
         )
+        pipe_row = next((r for r in rows if r["engine"] == "deinforeg-pipe"), {})
+        balance = stage_balance(pipe_row.get("measured_ms_per_stage"))
+        if pipe is not None and balance is not None:
+            log(
+                f"stage balance (mean / max of the stages' compute): {balance:.2f}; with equal stages the same work "
+                f"would reach {pipe / balance:.0%} of the limit (the rest is the pipeline's extra work: local heads, "
+                f"communication)"
+            )
     if best:
         log(
             f"best BP over torch.distributed.pipelining: {best} (×best pp BP is relative to it; of the schedules "

@@ -67,10 +67,13 @@ def _pipeline_section(path: Path) -> list[str]:
            "where the note says so). `M`: micro-batches per batch; `× best GPipe/1F1B` compares with the best "
            "GPipe / 1F1B row of the same run. `limit`: the × BP that as many independent single-device BP processes "
            "reach run at once (`bp-contended`, same run): the machine's own ceiling; `of limit`: a pipeline's × BP "
-           "as a fraction of it.", ""]  # fmt: skip
+           "as a fraction of it. `balance`: mean over max of the stages' measured compute (1 = equal stages); "
+           "`if balanced`: of limit ÷ balance, what the same work would reach split into equal stages, so the "
+           "gap between it and 100% is the pipeline's extra work (local heads, communication), not its cut.",
+           ""]  # fmt: skip
     out += ["| model | engine | stages | batch | partition | samples/s | × BP | × best GPipe/1F1B | limit | of limit "
-            "| busy/stage | ms/stage predicted → measured | optimizer | commit | date (UTC) |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---|---|"]  # fmt: skip
+            "| balance | if balanced | busy/stage | ms/stage predicted → measured | optimizer | commit | date (UTC) |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         engine, m = r.get("engine"), r.get("micro_batches", "1")
         if engine in ("gpipe", "1f1b"):
@@ -78,17 +81,30 @@ def _pipeline_section(path: Path) -> list[str]:
         opt = r.get("note", "").partition("optimizer ")[2] or "not recorded (see findings)"
         if "gpu:" in r.get("note", ""):
             engine += f" [{r.get('device')}]"
+        balance = stage_balance(r.get("measured_ms_per_stage")) if r.get("engine") == "deinforeg-pipe" else None
+        frac = _f(r.get("fraction_of_limit"))
         out.append(
             f"| {r.get('model')} ({r.get('task')}, {r.get('img_size')}px) | {engine} | {r.get('stages')} "
             f"| {r.get('batch_size')} | {r.get('partition')} | {float(r['samples_per_s']):.1f} "
             f"| {_fmt2(r.get('speedup_vs_bp'))} | {_fmt2(r.get('speedup_vs_pipelining_bp'))} "
             f"| {_fmt2(r.get('contended_limit'))} | {_pct(r.get('fraction_of_limit'))} "
+            f"| {'-' if balance is None else f'{balance:.2f}'} "
+            f"| {'-' if balance is None or frac is None else f'{frac / balance:.0%}'} "
             f"| {r.get('busy_per_stage')} | {r.get('predicted_ms_per_stage')} → {r.get('measured_ms_per_stage')} "
             f"| {opt} | {r.get('commit', '')} | {r.get('date', '')[:16].replace('T', ' ')} |"
         )
     for png in sorted(path.parent.glob(f"{path.stem}_*.png")):
         out += ["", f"![{png.stem}]({png.name})"]
     return out + [""]
+
+
+def stage_balance(ms_per_stage: str | None) -> float | None:
+    """Mean over max of the stages' measured compute ms ("101.4/121.4" → 0.92): 1 when every stage works as long
+    as the slowest, which sets a pipeline's pace; None for one stage or no figures."""
+    ms = [x for x in (_f(v) for v in (ms_per_stage or "").split("/")) if x is not None]
+    if len(ms) < 2 or max(ms) <= 0:
+        return None
+    return sum(ms) / len(ms) / max(ms)
 
 
 def _pct(v: str | None) -> str:

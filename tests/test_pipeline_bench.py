@@ -223,3 +223,13 @@ def test_the_pipeline_rows_carry_the_contended_limit_and_the_renderer_shows_it(t
     assert by["bp-single"]["fraction_of_limit"] == "" and "contended limit: 2 independent BP processes" in out
     text = "\n".join(_pipeline_section(tmp_path / "lb" / "throughput_pipeline_cls_digits.csv"))
     assert "| limit | of limit |" in text and f"| {limit:.2f} | {float(pipe['fraction_of_limit']):.0%} |" in text
+    # the stages' balance (mean / max of their measured compute) and the fraction equal stages would reach
+    from leaderboards.sections import stage_balance
+
+    ms = [float(v) for v in pipe["measured_ms_per_stage"].split("/")]
+    balance = stage_balance(pipe["measured_ms_per_stage"])
+    assert balance == pytest.approx(sum(ms) / 2 / max(ms)) and 0 < balance <= 1
+    assert f"| {balance:.2f} | {float(pipe['fraction_of_limit']) / balance:.0%} |" in text
+    assert f"stage balance (mean / max of the stages' compute): {balance:.2f}" in out
+    assert stage_balance("101.4/121.4") == pytest.approx(111.4 / 121.4)
+    assert stage_balance("236.6") is None and stage_balance("") is None and stage_balance(None) is None
