@@ -53,14 +53,24 @@ for r in 0.4 0.6; do
 done
 "$PY" -m leaderboards.convergence leaderboards/curves_cls_digits.csv leaderboards/explore/convergence/curves_cls_digits.csv --epochs 12 --out leaderboards/explore/convergence/check_digits.md || true
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
-# shapes: per noise rate two processes split by method, one thread each, side by side (the recipe hash leaves the
-# method out, so their rows share one table); 2026-12-03: 92 / 95 min for noise 0 at the old 16-epoch budget (6 runs
-# each, 15-19 min a run); the budget is 24 epochs now (20-26 min a run, about 2 h 20 min a rate)
+# shapes: one command per method (a row holds one method's seeds; the recipe hash leaves the method out, so the rows
+# of separate commands share one table), two at a time, one thread each. 2026-12-04 at 24 epochs, two side by side:
+# BP 24-29 min a run, DeInfoReg 33-40 min (about 1 h 25 min / 1 h 55 min for 3 seeds); greedy ran about 34 min
 for r in 0.0 0.4; do
-  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods bp,deinforeg --threads 1 &
-  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods greedy,scpl --threads 1
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods bp --threads 1 &
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods deinforeg --threads 1
+  wait
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods greedy --threads 1 &
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods scpl --threads 1
   wait
 done
+# the converged K x head sweep (issue 21): DeInfoReg's other designs at the same recipe, noise 0, 3 seeds (K = 2 with
+# the decoding head, BP, greedy and SCPL are the noise-0 grid above), then its table and plot
+for design in "2 pointwise" "3 pointwise" "6 pointwise" "3 decoding" "6 decoding"; do
+  set -- $design
+  "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates 0 --methods deinforeg --num-blocks $1 --model-kwargs head=$2 --threads 1 --leaderboard-dir leaderboards/explore/seg_sweep/converged
+done
+"$PY" leaderboards/explore/seg_sweep/converged.py --out leaderboards/explore/seg_sweep/converged.md
 # finer cuts (issue 14): the accuracy cost of more / fewer local heads
 "$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts.yaml
 "$PY" -m benchmarks.run --config leaderboards/configs/accuracy_cls_digits_resnet18_cuts_5_3.yaml
