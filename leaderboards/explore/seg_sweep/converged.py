@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 from leaderboards._common import _per_seed, load_board  # noqa: E402
 from leaderboards.stats import format_p, mean_std, paired, paired_ttest  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table import finish  # noqa: E402  (the design screen's plot finish, beside this file)
+
 HERE = Path(__file__).resolve().parent
 SOURCES = (ROOT / "leaderboards", HERE / "converged")
 BOARD, CURVES = "noise_seg_shapes.csv", "curves_seg_shapes.csv"
@@ -140,15 +143,7 @@ def plot(items: list[dict], path: Path) -> Path:
         mem.plot(ks, [p[3] for p in pts], marker="o", label=label)
     acc.set(xlabel="K (blocks)", ylabel="test mIoU at the exit chosen on validation",
             title="shapes, Unet-resnet18, 64 px, converged budget")  # fmt: skip
-    mem.set(xlabel="K (blocks)", ylabel="training peak (MB, tensors counted)", title="memory of the same runs")
-    for ax in (acc, mem):
-        ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
-        ax.grid(alpha=0.3)
-    acc.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, acc, mem, sorted({p[0] for pts in lines.values() for p in pts}), path)
 
 
 def main(argv: list[str] | None = None) -> int:

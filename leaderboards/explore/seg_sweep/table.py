@@ -99,9 +99,16 @@ def plot(rows: list[dict[str, str]], path: Path = HERE / "k_sweep.png") -> Path:
         ylabel="test mIoU, exit chosen on validation",
         title=f"shapes, Unet-resnet18, 64 px ({'/'.join(map(str, n_seeds))} seed(s) per point)",
     )
+    return finish(fig, acc, mem, sorted({k for pts in lines.values() for k, *_ in pts}), path)
+
+
+def finish(fig, acc, mem, ks: list[int], path: Path) -> Path:
+    """The memory panel's labels, K ticks and grid on both panels, the legend; saved to `path` and closed."""
+    import matplotlib.pyplot as plt
+
     mem.set(xlabel="K (blocks)", ylabel="training peak (MB, tensors counted)", title="memory of the same runs")
     for ax in (acc, mem):
-        ax.set_xticks(sorted({k for pts in lines.values() for k, *_ in pts}))
+        ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     acc.legend(fontsize=8)
     fig.tight_layout()
