@@ -55,7 +55,7 @@ done
 "$PY" -m benchmarks.run --config leaderboards/configs/noise_cls_digits_paper.yaml
 # shapes: one command per method (a row holds one method's seeds; the recipe hash leaves the method out, so the rows
 # of separate commands share one table), two at a time, one thread each. 2026-12-04 at 24 epochs, two side by side:
-# BP 24-29 min a run, DeInfoReg 33-40 min (about 1 h 25 min / 1 h 55 min for 3 seeds); greedy ran about 34 min
+# BP 27-34 min a run, DeInfoReg 27-40 min (about 1 h 35 min / 1 h 40 min for 3 seeds); greedy ran about 34 min
 for r in 0.0 0.4; do
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods bp --threads 1 &
   "$PY" -m benchmarks.run --config leaderboards/configs/noise_seg_shapes_unet_resnet18.yaml --noise-rates $r --methods deinforeg --threads 1
