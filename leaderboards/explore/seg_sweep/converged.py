@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 from leaderboards._common import _per_seed, load_board  # noqa: E402
 from leaderboards.stats import format_p, mean_std, paired, paired_ttest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 from table import finish  # noqa: E402  (the design screen's plot finish, beside this file)
 
-HERE = Path(__file__).resolve().parent
 SOURCES = (ROOT / "leaderboards", HERE / "converged")
 BOARD, CURVES = "noise_seg_shapes.csv", "curves_seg_shapes.csv"
 FALLS_BEHIND = 3.0  # mIoU: the "falls more than 3 mIoU behind BP"
